@@ -1,0 +1,158 @@
+"""Zero-shot generation tasks scored with BLEU/ROUGE: ChiMed open QA and MC next utterance.
+
+ChiMed has no published on-disk format; we read the normalised schema of shared/datasets.md §2
+(JSON Lines: ``question`` plus ``answers`` with ``recommended``/``adopted`` flags). MC is read in
+its crawler layout (§3: ``content`` = list of ``{speaker, utterance}``, speaker ``患者`` or not).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import DataFormatError
+from .model_api import EvalModel
+from .text_metrics import TOKENISATION, text_scores
+
+QA_INSTRUCTION = "假设你是一名医生，请回答患者的问题。"  # the paper's SFT prompt (Table 3)
+DIALOGUE_INSTRUCTION = "假设你是一名医生，请根据以下医患对话历史，给出医生的下一句回复。"
+
+
+@dataclass(frozen=True)
+class GenerationItem:
+    item_id: str
+    prompt_body: str
+    reference: str
+
+
+def read_json_records(path: Path) -> list[tuple[int, dict]]:
+    """A JSON array or JSON Lines file as (line-or-index, record) pairs; BOM tolerated."""
+    text = Path(path).read_text(encoding="utf-8-sig")
+    if text.lstrip().startswith("["):
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataFormatError(f"{path}: line {err.lineno}: not JSON ({err.msg})") from None
+        return list(enumerate(records, start=1))
+    pairs = []
+    for line_number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                pairs.append((line_number, json.loads(line)))
+            except json.JSONDecodeError as err:
+                where = f"{path}: line {line_number}"
+                raise DataFormatError(f"{where}: not valid JSON ({err.msg})") from None
+    return pairs
+
+
+def choose_reference(answers: list[dict]) -> str | None:
+    """The site-recommended answer, else the asker-adopted one, else None."""
+    for flag in ("recommended", "adopted"):
+        for answer in answers:
+            if answer.get(flag) and str(answer.get("text", "")).strip():
+                return str(answer["text"]).strip()
+    return None
+
+
+def read_chimed_qa(path: Path) -> tuple[list[GenerationItem], int]:
+    """QA items and how many records were skipped for having no recommended/adopted answer."""
+    items, skipped = [], 0
+    for where, record in read_json_records(path):
+        question = record.get("question") or record.get("title")
+        answers = record.get("answers")
+        if not isinstance(question, str) or not isinstance(answers, list):
+            raise DataFormatError(f"{path}: line {where}: need str 'question', list 'answers'")
+        reference = choose_reference(answers)
+        if reference is None:
+            skipped += 1
+            continue
+        items.append(GenerationItem(str(record.get("id", where)), question.strip(), reference))
+    return items, skipped
+
+
+def speaker_tag(speaker: str) -> str:
+    # The crawler writes 患者 for the patient and treats every other speaker as the doctor.
+    return "P" if speaker in ("患者", "P", "patient") else "D"
+
+
+def read_mc_dialogues(path: Path, turns: str = "last") -> list[GenerationItem]:
+    """One item per doctor utterance that answers a patient turn (``all``), or only the last
+    such utterance of each dialogue (``last``); history lines are ``P: ...`` / ``D: ...``."""
+    if turns not in ("last", "all"):
+        raise ValueError(f"MC turns must be last or all, not {turns!r}")
+    items: list[GenerationItem] = []
+    for where, record in read_json_records(path):
+        content = record.get("content")
+        if not isinstance(content, list):
+            raise DataFormatError(f"{path}: line {where}: field 'content' must be a list")
+        lines = []
+        for turn_index, turn in enumerate(content):
+            if not isinstance(turn, dict) or "speaker" not in turn or "utterance" not in turn:
+                field = f"content[{turn_index}]"
+                raise DataFormatError(f"{path}: line {where}: {field} needs speaker, utterance")
+            lines.append((speaker_tag(str(turn["speaker"])), str(turn["utterance"]).strip()))
+        candidates = [
+            GenerationItem(
+                f"{record.get('id', where)}#{i}",
+                "\n".join(f"{tag}: {text}" for tag, text in lines[:i]),
+                text,
+            )
+            for i, (tag, text) in enumerate(lines)
+            if i > 0 and tag == "D" and lines[i - 1][0] == "P" and text
+        ]
+        items.extend(candidates if turns == "all" else candidates[-1:])
+    return items
+
+
+def clean_generation(text: str) -> str:
+    """Keep only the model's own turn: drop anything after it starts a new ``P:`` line."""
+    text = text.strip()
+    for stop in ("\nP:", "\nP：", "\nD:", "\nD："):
+        text = text.split(stop)[0]
+    return text.strip()
+
+
+class TextGenerationTask:
+    """Config keys: kind (chimed_qa | mc_dialogue), data_file, max_new_tokens, bleu_level,
+    turns (MC), instruction (optional override), limit (optional, first N items)."""
+
+    deterministic = False
+
+    def __init__(self, cfg: Any) -> None:
+        self.kind = str(cfg.kind)
+        self.skipped = 0
+        if self.kind == "chimed_qa":
+            items, self.skipped = read_chimed_qa(Path(cfg.data_file))
+            instruction = cfg.get("instruction") or QA_INSTRUCTION
+        elif self.kind == "mc_dialogue":
+            items = read_mc_dialogues(Path(cfg.data_file), str(cfg.get("turns", "last")))
+            instruction = cfg.get("instruction") or DIALOGUE_INSTRUCTION
+        else:
+            raise ValueError(f"unknown text generation kind {self.kind!r}")
+        if cfg.get("limit"):
+            items = items[: int(cfg.limit)]
+        if not items:
+            raise ValueError(f"{cfg.data_file}: no evaluation items")
+        self.items = items
+        self.prompts = [f"{instruction}\n\n{item.prompt_body}" for item in items]
+        self.max_new_tokens = int(cfg.get("max_new_tokens", 256))
+        self.bleu_level = str(cfg.get("bleu_level", "corpus"))
+
+    def meta(self) -> dict[str, Any]:
+        return {"items": len(self.items), "skipped_no_reference": self.skipped,
+                "tokenisation": TOKENISATION, "bleu_level": self.bleu_level}
+
+    def run(self, model: EvalModel, seed: int) -> dict[str, Any]:
+        generated = model.generate(self.prompts, self.max_new_tokens, seed)
+        outputs = [clean_generation(text) for text in generated]
+        references = [item.reference for item in self.items]
+        return {
+            "metrics": text_scores(outputs, references, self.bleu_level),
+            "counts": {"items": len(self.items), "empty_outputs": sum(not o for o in outputs)},
+            "samples": [
+                {"prompt": p, "output": o, "reference": r}
+                for p, o, r in list(zip(self.prompts, outputs, references))[:2]
+            ],
+        }

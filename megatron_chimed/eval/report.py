@@ -1,0 +1,107 @@
+"""Repeat a task over seeds, aggregate mean/std, and write the JSON result + Markdown table.
+
+The paper runs every experiment five times and reports the mean (footnote 5). A task whose
+score cannot depend on the seed (log-prob multi-choice) runs once; the result says so.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any, Protocol
+
+from .model_api import EvalModel
+
+
+class EvalTask(Protocol):
+    deterministic: bool
+
+    def meta(self) -> dict[str, Any]: ...
+
+    def run(self, model: EvalModel, seed: int) -> dict[str, Any]: ...
+
+
+def run_over_seeds(
+    name: str, task: EvalTask, model: EvalModel, seeds: list[int]
+) -> dict[str, Any]:
+    if not seeds:
+        raise ValueError(f"eval {name}: no seeds configured")
+    used = seeds[:1] if task.deterministic else list(seeds)
+    runs = [{"seed": seed, **task.run(model, seed)} for seed in used]
+    return {
+        "task": name,
+        "meta": task.meta(),
+        "seeds": used,
+        "deterministic": task.deterministic,
+        "mean": {k: _mean([r["metrics"][k] for r in runs]) for k in runs[0]["metrics"]},
+        "std": {k: _std([r["metrics"][k] for r in runs]) for k in runs[0]["metrics"]},
+        # e.g. unparseable answers: a low score with many of them is a format problem.
+        "counts_mean": {k: _mean([r["counts"][k] for r in runs]) for k in runs[0]["counts"]},
+        "runs": runs,
+    }
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return statistics.fmean(finite) if finite else float("nan")
+
+
+def _std(values: list[float]) -> float:
+    """Sample standard deviation (n-1) over the runs; 0 for a single run."""
+    finite = [v for v in values if not math.isnan(v)]
+    return statistics.stdev(finite) if len(finite) > 1 else 0.0
+
+
+def _json_safe(value: Any) -> Any:
+    # NaN is not JSON; null says "not measured" to every JSON reader.
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def markdown_table(results: list[dict[str, Any]]) -> str:
+    """One row per (task, metric): mean ± std over the runs."""
+    lines = ["| task | metric | mean | std | runs |", "|---|---|---:|---:|---:|"]
+    for result in results:
+        for metric, mean in result["mean"].items():
+            std = result["std"][metric]
+            shown = "n/a" if mean is None or math.isnan(mean) else f"{mean:.2f}"
+            lines.append(
+                f"| {result['task']} | {metric} | {shown} | {std:.2f} | {len(result['seeds'])} |"
+            )
+    notes = [
+        f"- {r['task']}: " + json.dumps({**r["meta"], **r["counts_mean"]}, ensure_ascii=False)
+        for r in results
+    ]
+    return "\n".join(lines + [""] + notes) + "\n"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write to a temp file in the same directory, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(temp_name, path)
+    except BaseException:
+        os.unlink(temp_name)
+        raise
+
+
+def write_results(out_dir: Path, stem: str, results: list[dict[str, Any]]) -> tuple[Path, Path]:
+    json_path = Path(out_dir) / f"{stem}.json"
+    md_path = Path(out_dir) / f"{stem}.md"
+    payload = _json_safe(results[0] if len(results) == 1 else {"tasks": results})
+    write_atomic(json_path, json.dumps(payload, ensure_ascii=False, indent=2, allow_nan=False))
+    write_atomic(md_path, markdown_table(results))
+    return json_path, md_path

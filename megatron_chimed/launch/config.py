@@ -1,0 +1,138 @@
+"""The `launcher` config group: how a run is started (in-process, torchrun, or Slurm).
+
+The same Hydra config drives a laptop run, a single-node torchrun and a multi-node sbatch; only
+this group changes. `LauncherConfig` is its typed schema: unknown keys and wrong types are errors.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+KINDS = ("local", "torchrun", "slurm")
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def _default_gpu_env() -> dict[str, str]:
+    return {
+        # Megatron's TP communication/computation overlap relies on a single CUDA work queue.
+        "CUDA_DEVICE_MAX_CONNECTIONS": "1",
+        # A rank stuck in a collective aborts (and Slurm ends the job) instead of hanging forever.
+        "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
+        "NCCL_DEBUG": "WARN",
+    }
+
+
+def time_limit_seconds(limit: str) -> int | None:
+    """Seconds in a Slurm --time value ("90", "30:00", "4:00:00", "1-12", "2-00:00:00");
+    None for no limit."""
+    if limit.upper() in ("UNLIMITED", "INFINITE"):
+        return None
+    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", limit)
+    if not m:
+        raise ValueError(f"launcher.time {limit!r} is not a Slurm time limit")
+    days, a, b, c = (int(x) if x else None for x in m.groups())
+    if days is not None:  # days-hours[:minutes[:seconds]]
+        return days * 86400 + a * 3600 + (b or 0) * 60 + (c or 0)
+    if c is not None:  # hours:minutes:seconds
+        return a * 3600 + b * 60 + c
+    return a * 60 + (b or 0)  # minutes[:seconds]
+
+
+@dataclass
+class LauncherConfig:
+    kind: str = "local"  # local | torchrun | slurm
+    nodes: int = 1
+    gpus_per_node: int = 0  # 0: CPU run, ranks per node come from procs_per_node
+    procs_per_node: int = 1
+    cpus_per_task: int = 0  # 0: leave to the cluster default
+    partition: str | None = None
+    account: str | None = None
+    time: str = "04:00:00"
+    job_name: str = "chimed"
+    signal_grace_s: int = 300  # USR1 this long before the time limit: time to checkpoint
+    requeue: bool = True
+    master_port: int = 29500
+    workdir: str | None = None  # the job's working directory (sbatch --chdir)
+    torchrun: str = "torchrun"  # command starting torchrun on the nodes
+    setup: list[str] = field(default_factory=list)  # env/container lines run before training
+    sbatch_extra: list[str] = field(default_factory=list)  # e.g. "--qos=high", "--exclusive"
+    gpu_env: dict[str, str] = field(default_factory=_default_gpu_env)  # exported if GPUs
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"launcher.kind: {self.kind!r} is not one of {KINDS}")
+        for name in ("nodes", "procs_per_node", "signal_grace_s", "master_port"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"launcher.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("gpus_per_node", "cpus_per_task"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"launcher.{name} must be >= 0, got {getattr(self, name)}")
+        if self.kind != "slurm" and self.nodes != 1:
+            raise ValueError(f"launcher.nodes={self.nodes} needs launcher=slurm")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.job_name):
+            raise ValueError(f"launcher.job_name {self.job_name!r}: use letters, digits, _.-")
+        limit = time_limit_seconds(self.time)
+        # Slurm sends USR1 once less than the grace is left: a grace >= the limit would preempt
+        # every start at once and requeue the job forever.
+        if limit is not None and self.signal_grace_s >= limit:
+            raise ValueError(f"launcher.signal_grace_s={self.signal_grace_s} must be below "
+                             f"launcher.time={self.time} ({limit} s)")
+        if "'" in self.torchrun:  # it is pasted into a single-quoted `bash -c` script
+            raise ValueError("launcher.torchrun must not contain single quotes")
+
+    @property
+    def nproc_per_node(self) -> int:
+        """Ranks per node: one per GPU, or procs_per_node on a CPU run."""
+        return self.gpus_per_node or self.procs_per_node
+
+
+def to_launcher_config(node: DictConfig | dict) -> LauncherConfig:
+    """Validate a `launcher` node against the schema (unknown keys, types, values)."""
+    merged = OmegaConf.merge(OmegaConf.structured(LauncherConfig), node)
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+
+
+def _key(override: str) -> str:
+    return override.lstrip("+~").split("=", 1)[0]
+
+
+def is_launcher_override(override: str) -> bool:
+    key = _key(override)
+    return key == "launcher" or key.startswith("launcher.")
+
+
+def override_value(overrides: Sequence[str], key: str) -> str | None:
+    """The value of the last `key=value` among the overrides, if any."""
+    found = [o.split("=", 1)[1] for o in overrides if "=" in o and _key(o) == key]
+    return found[-1] if found else None
+
+
+def compose_launcher(
+    overrides: Sequence[str], conf_dir: Path = CONF_DIR, config_name: str = "config"
+) -> tuple[LauncherConfig, str | None]:
+    """Compose the Hydra config and return (launcher config, run_dir or None).
+
+    With the primary config `conf_dir/config_name.yaml` present, the whole config is composed
+    (so experiments may set launcher values); otherwise only the launcher group is.
+    """
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base=None):
+        if (Path(conf_dir) / f"{config_name}.yaml").exists():
+            cfg = compose(config_name=config_name, overrides=list(overrides))
+            run_dir = cfg.get("run_dir")
+            node = cfg.get("launcher") or {}
+        else:
+            own = [o for o in overrides if is_launcher_override(o)]
+            # Without a defaults list the group must be added (`+launcher=...`), not overridden.
+            own = [f"+{o}" if o.startswith("launcher=") else o for o in own]
+            if not any(o.startswith("+launcher=") for o in own):
+                own.insert(0, "+launcher=local")
+            node = compose(config_name=None, overrides=own).launcher
+            run_dir = override_value(overrides, "run_dir")
+    return to_launcher_config(node), (str(run_dir) if run_dir else None)

@@ -1,0 +1,165 @@
+"""Turn a ModelConfig into a megatron-core GPTModel, on GPUs (Transformer Engine) or the CPU."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from megatron_chimed.model.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+Precision = Literal["fp32", "bf16", "fp16"]
+TransformerImpl = Literal["auto", "local", "transformer_engine"]
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class ParallelConfig:
+    """How the model is split: `conf/parallel/*.yaml`. DP is whatever the world size leaves."""
+
+    tensor_model_parallel_size: int = 1
+    sequence_parallel: bool = False
+    use_distributed_optimizer: bool = True
+
+
+def have_transformer_engine() -> bool:
+    from megatron.core.extensions.transformer_engine import HAVE_TE
+
+    return bool(HAVE_TE)
+
+
+def resolve_transformer_impl(requested: str) -> str:
+    """Pick the layer spec. `auto` means TE where CUDA and TE exist, else the local spec.
+
+    An explicit `transformer_engine` never falls back: a GPU job that silently lost flash
+    attention would run, slowly and with a different memory profile, for days.
+    """
+    cuda, te = torch.cuda.is_available(), have_transformer_engine()
+    if requested == "transformer_engine":
+        if not cuda:
+            raise RuntimeError("model.transformer_impl=transformer_engine needs CUDA; none found")
+        if not te:
+            raise RuntimeError(
+                "model.transformer_impl=transformer_engine but Transformer Engine is not "
+                "installed: `pip install .[gpu]` (or set model.transformer_impl=local)"
+            )
+        return "transformer_engine"
+    if requested == "local":
+        return "local"
+    if requested != "auto":
+        raise ValueError(
+            f"model.transformer_impl={requested!r}: expected auto, local or transformer_engine"
+        )
+    if cuda and not te:
+        log.warning(
+            "CUDA is available but Transformer Engine is not installed: using the local "
+            "megatron-core spec WITHOUT flash attention. Install it with `pip install .[gpu]`."
+        )
+    return "transformer_engine" if cuda and te else "local"
+
+
+def transformer_config(
+    model: ModelConfig, parallel: ParallelConfig, precision: Precision = "fp32"
+) -> TransformerConfig:  # noqa: F821
+    """The megatron TransformerConfig for a LLaMA shape (SwiGLU, RMSNorm, RoPE, no biases)."""
+    from megatron.core.transformer.enums import AttnBackend
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    if precision not in _DTYPES:
+        raise ValueError(f"precision={precision!r}: expected one of {sorted(_DTYPES)}")
+    tp = parallel.tensor_model_parallel_size
+    model.validate(tensor_parallel=tp)
+    impl = resolve_transformer_impl(model.transformer_impl)
+    on_gpu = torch.cuda.is_available()
+    sequence_parallel = parallel.sequence_parallel and tp > 1
+    if sequence_parallel and impl != "transformer_engine":
+        raise ValueError(
+            "parallel.sequence_parallel=true needs the Transformer Engine spec (megatron's torch "
+            "RMSNorm fallback cannot split the sequence); set parallel.sequence_parallel=false"
+        )
+    return TransformerConfig(
+        num_layers=model.num_layers,
+        hidden_size=model.hidden_size,
+        num_attention_heads=model.num_attention_heads,
+        num_query_groups=model.num_query_groups,
+        ffn_hidden_size=model.ffn_hidden_size,
+        kv_channels=model.head_dim,
+        normalization="RMSNorm",
+        layernorm_epsilon=model.norm_epsilon,
+        gated_linear_unit=True,  # SwiGLU: fc1 holds [gate; up], silu(gate) * up
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        init_method_std=model.init_method_std,
+        tensor_model_parallel_size=tp,
+        sequence_parallel=sequence_parallel,
+        params_dtype=_DTYPES[precision],
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        attention_backend=AttnBackend.flash if impl == "transformer_engine" else AttnBackend.local,
+        # The fused kernels are CUDA-only; on the CPU every one of them must be off.
+        use_cpu_initialization=not on_gpu,
+        gradient_accumulation_fusion=False,
+        bias_activation_fusion=on_gpu,
+        bias_dropout_fusion=on_gpu,
+        masked_softmax_fusion=on_gpu,
+        apply_rope_fusion=on_gpu and impl == "transformer_engine",
+        persist_layer_norm=False,
+    )
+
+
+def layer_spec(impl: str) -> ModuleSpec:  # noqa: F821
+    from megatron.core.models.gpt import gpt_layer_specs
+
+    if impl == "transformer_engine":
+        return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
+    return gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
+
+
+def build_model(
+    model: ModelConfig,
+    parallel: ParallelConfig,
+    precision: Precision = "fp32",
+    seq_length: int | None = None,
+) -> torch.nn.Module:
+    """Build this rank's shard of the GPT model (megatron parallel state must be initialised).
+
+    In bf16/fp16 the model is wrapped in megatron's Float16Module, as Megatron-LM does, so that
+    every weight (norms included) is half precision and the logits come back in fp32.
+    """
+    from megatron.core.models.gpt import GPTModel
+    from megatron.core.transformer.module import Float16Module
+
+    model.validate(parallel.tensor_model_parallel_size, seq_length)
+    config = transformer_config(model, parallel, precision)
+    gpt = GPTModel(
+        config=config,
+        transformer_layer_spec=layer_spec(resolve_transformer_impl(model.transformer_impl)),
+        vocab_size=model.padded_vocab_size(parallel.tensor_model_parallel_size),
+        max_sequence_length=model.max_position_embeddings,
+        position_embedding_type="rope",
+        rotary_base=int(model.rotary_base),
+        rotary_percent=1.0,
+        share_embeddings_and_output_weights=not model.untie_embeddings_and_output_weights,
+        pre_process=True,
+        post_process=True,
+    )
+    if torch.cuda.is_available():
+        gpt.cuda(torch.cuda.current_device())
+    if precision in ("bf16", "fp16"):
+        return Float16Module(config, gpt)
+    return gpt
+
+
+def unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    """The GPTModel inside DDP / Float16Module wrappers."""
+    while hasattr(module, "module"):
+        module = module.module
+    return module

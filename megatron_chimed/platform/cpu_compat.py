@@ -1,0 +1,202 @@
+"""The one place where megatron-core is taught to run without CUDA.
+
+megatron-core assumes a GPU in a few dozen places (``torch.cuda.current_device()`` as a device,
+the CUDA RNG tracker, ``device="cuda"`` literals, CUDA streams and events). On a CPU-only machine
+we redirect exactly those sites to the CPU. Every patch is a row of ``PATCHES``: what it replaces,
+the megatron-core site it covers, and a ``canary`` that calls that site unpatched and must fail.
+``tests/test_cpu_compat.py`` runs each canary in a fresh process; the day one stops failing,
+megatron-core has fixed the site and the patch should be deleted.
+
+Nothing here runs on a machine with CUDA: ``apply()`` is a no-op there, so GPU runs use
+megatron-core exactly as shipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+_applied = False
+
+
+def _cpu_device() -> str:
+    return "cpu"
+
+
+class _NullEvent:
+    """Stands in for torch.cuda.Event: timing on CPU is measured with wall clocks instead."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def record(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        pass
+
+    def wait(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def query(self) -> bool:
+        return True
+
+    def elapsed_time(self, other: Any) -> float:
+        return 0.0
+
+
+def _get_rng_state(*args: Any, **kwargs: Any) -> torch.Tensor:
+    return torch.get_rng_state()
+
+
+def _set_rng_state(state: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+    torch.set_rng_state(state)
+
+
+def _causal_mask(sq: int, skv: int | None = None) -> torch.Tensor:
+    # Same mask as megatron's, built where the activations live.
+    skv = sq if skv is None else skv
+    return torch.triu(torch.ones(sq, skv, dtype=torch.bool), diagonal=skv - sq + 1)
+
+
+@dataclass(frozen=True)
+class Patch:
+    """One redirected attribute: ``module.attr = replacement``."""
+
+    module: str
+    attr: str
+    replacement: Callable[..., Any] | Any
+    site: str
+    canary: str  # python source that exercises the unpatched site and must raise
+    # a regex of what the unpatched site says (CUDA wheel without a driver, or a CPU-only wheel)
+    expect: str = "NVIDIA driver|not compiled with CUDA"
+
+    @property
+    def name(self) -> str:
+        return f"{self.module}.{self.attr}"
+
+    def target(self) -> Any:
+        return importlib.import_module(self.module)
+
+
+_TP1 = (
+    "import os, torch.distributed as d;"
+    "os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=os.environ.get('CANARY_PORT','29533'));"
+    "d.init_process_group('gloo', rank=0, world_size=1);"
+    "from megatron.core import parallel_state as ps; ps.initialize_model_parallel(1);"
+)
+
+PATCHES: tuple[Patch, ...] = (
+    Patch(
+        "torch.cuda",
+        "current_device",
+        _cpu_device,
+        site="device=torch.cuda.current_device() in rotary_pos_embedding, tensor_parallel, ddp",
+        canary=_TP1 + "from megatron.core.models.common.embeddings.rotary_pos_embedding import "
+        "RotaryEmbedding; RotaryEmbedding(16, 1.0)(8)",
+    ),
+    Patch(
+        "torch.cuda",
+        "get_rng_state",
+        _get_rng_state,
+        site="tensor_parallel.random.CudaRNGStatesTracker.add (model-parallel RNG streams)",
+        canary="from megatron.core.tensor_parallel.random import CudaRNGStatesTracker as T;"
+        "T().add('x', 1)",
+    ),
+    Patch(
+        "torch.cuda",
+        "manual_seed",
+        torch.manual_seed,
+        site="tensor_parallel.random.model_parallel_cuda_manual_seed seeds per-TP-rank streams",
+        # Unpatched it is queued for a CUDA init that never comes: every stream is the same.
+        canary="import torch; from megatron.core.tensor_parallel.random import "
+        "CudaRNGStatesTracker as T; t = T(); t.add('a', 1); t.add('b', 2);"
+        "assert not torch.equal(t.get_states()['a'], t.get_states()['b']), 'streams identical'",
+        expect="streams identical",
+    ),
+    Patch(
+        "megatron.core.tensor_parallel.random",
+        "_get_cuda_rng_state",
+        _get_rng_state,
+        site="tensor_parallel.random.CudaRNGStatesTracker.fork (dropout under TP)",
+        canary="from megatron.core.tensor_parallel import random as r; r._get_cuda_rng_state()",
+    ),
+    Patch(
+        "megatron.core.tensor_parallel.random",
+        "_set_cuda_rng_state",
+        _set_rng_state,
+        site="tensor_parallel.random.CudaRNGStatesTracker.fork (restores the stream)",
+        # Unpatched, the set is queued for a CUDA init that never comes: a silent no-op.
+        canary="import torch; from megatron.core.tensor_parallel import random as r;"
+        "s = torch.get_rng_state(); torch.rand(3); r._set_cuda_rng_state(s);"
+        "assert torch.equal(torch.get_rng_state(), s), 'rng state not restored'",
+        expect="rng state not restored",
+    ),
+    Patch(
+        "megatron.core.transformer.utils",
+        "get_default_causal_mask",
+        _causal_mask,
+        site='transformer.utils.get_default_causal_mask builds its mask with device="cuda"',
+        canary="from megatron.core.transformer.utils import get_default_causal_mask as m;"
+        "m.cache_clear() if hasattr(m, 'cache_clear') else None; m(4)",
+    ),
+    Patch(
+        "megatron.core.fusions.fused_softmax",
+        "get_default_causal_mask",
+        _causal_mask,
+        site="fusions.fused_softmax imports get_default_causal_mask by name (same cuda mask)",
+        canary="from megatron.core.fusions.fused_softmax import get_default_causal_mask as m; m(4)",
+    ),
+    Patch(
+        "torch.cuda",
+        "Event",
+        _NullEvent,
+        site="torch.cuda.Event in inference engines and DDP/optimizer timers",
+        canary="import torch; torch.cuda.Event(enable_timing=True).record()",
+        expect="NVIDIA driver|not compiled with CUDA|torch.cuda.Stream",
+    ),
+    Patch(
+        "torch.cuda",
+        "synchronize",
+        lambda *a, **k: None,
+        site="torch.cuda.synchronize in optimizer, checkpointing and inference",
+        canary="import torch; torch.cuda.synchronize()",
+    ),
+    Patch(
+        "torch.cuda",
+        "current_stream",
+        lambda *a, **k: contextlib.nullcontext(),
+        site="torch.cuda.current_stream in DDP param and grad buffers",
+        canary="import torch; torch.cuda.current_stream()",
+    ),
+)
+
+
+def apply(without: str | None = None) -> bool:
+    """Redirect megatron-core's CUDA-only sites to the CPU when CUDA is absent.
+
+    ``without`` names one patch (``module.attr``) to leave out: the canaries use it to show that
+    site still fails while everything around it works. Returns whether patches are in force.
+    """
+    global _applied
+    if torch.cuda.is_available():
+        return False
+    if not _applied:
+        # Import every target before patching any, so that a module importing a patched name
+        # (fused_softmax takes get_default_causal_mask by name) holds the original until its own
+        # row replaces it: each row then covers its site on its own.
+        targets = [patch.target() for patch in PATCHES]
+        for patch, target in zip(PATCHES, targets):
+            if patch.name != without:
+                setattr(target, patch.attr, patch.replacement)
+        _applied = True
+    return True
+
+
+def is_applied() -> bool:
+    return _applied

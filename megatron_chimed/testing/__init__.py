@@ -1,0 +1,1 @@
+"""Builders of small, offline test assets (tiny Ziya checkpoints, tokenizers)."""

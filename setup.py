@@ -1,0 +1,35 @@
+"""megatron-chimed: the open training framework behind ChiMed-GPT, on Megatron-core."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="megatron-chimed",
+    version="0.1.0",
+    description="Continued pre-training, SFT, reward modelling and rejection sampling for "
+    "ChiMed-GPT (Ziya-13B-v2, LLaMA) on Megatron-core",
+    python_requires=">=3.12",
+    packages=find_packages(include=["megatron_chimed", "megatron_chimed.*"]),
+    package_data={"megatron_chimed": ["sample_data/**/*", "sample_data/*"]},
+    include_package_data=True,
+    install_requires=[
+        "megatron-core==0.19.*",
+        "torch>=2.6",
+        "transformers",
+        "safetensors",
+        "sentencepiece",
+        "numpy",
+        "hydra-core",
+        "psutil",  # megatron's checkpoint writer dies silently without it
+        "tqdm",
+        "tensorboard",
+        "matplotlib",
+        "sacrebleu==2.6.*",
+        "rouge-score==0.1.2",
+    ],
+    extras_require={
+        # apex is not on PyPI: see README.md for the source build.
+        "gpu": ["transformer-engine[pytorch]", "flash-attn"],
+        "test": ["pytest", "ruff"],
+    },
+    entry_points={"console_scripts": ["chimed=megatron_chimed.cli:main"]},
+)

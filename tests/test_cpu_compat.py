@@ -1,0 +1,48 @@
+"""Canaries for the CPU compatibility layer.
+
+Each patch covers one megatron-core site. Its canary runs that site with the patch left out, in
+a fresh process, and must fail the known way. When a canary starts passing, megatron-core has
+fixed the site: delete the patch. The model tests show the patched sites work.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from distributed import ROOT, free_port
+
+from megatron_chimed.platform import cpu_compat
+
+pytestmark = pytest.mark.skipif(
+    __import__("torch").cuda.is_available(), reason="the layer is only applied without CUDA"
+)
+
+
+@pytest.mark.parametrize("patch", cpu_compat.PATCHES, ids=lambda p: p.name)
+def test_unpatched_site_still_fails(patch: cpu_compat.Patch) -> None:
+    code = (
+        "from megatron_chimed.platform import cpu_compat\n"
+        f"cpu_compat.apply(without={patch.name!r})\n{patch.canary}\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CANARY_PORT": str(free_port())}
+    proc = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode != 0, (
+        f"{patch.site}: works without the patch now; delete {patch.name} from cpu_compat.PATCHES"
+    )
+    assert re.search(patch.expect, proc.stderr), proc.stderr[-2000:]
+
+
+def test_every_patch_names_its_site() -> None:
+    names = [p.name for p in cpu_compat.PATCHES]
+    assert len(names) == len(set(names))
+    assert all(p.site and p.canary for p in cpu_compat.PATCHES)
