@@ -1,0 +1,1 @@
+"""Checkpoint folders shared by the converter and every training stage."""
