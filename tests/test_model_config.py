@@ -7,21 +7,21 @@ import dataclasses
 import pytest
 import torch
 
+from megatron_chimed.config import load
 from megatron_chimed.model import ModelConfig, ParallelConfig, resolve_transformer_impl
 from megatron_chimed.model.builder import transformer_config
 from megatron_chimed.platform import validate_world
 from megatron_chimed.testing.tiny_ziya import TINY
 
-ZIYA = ModelConfig(
-    name="ziya_13b_v2",
-    hidden_size=5120,
-    num_layers=40,
-    num_attention_heads=40,
-    num_query_groups=40,
-    ffn_hidden_size=13824,
-    vocab_size=39410,
-    max_position_embeddings=4096,
-)
+# The real numbers, read from the YAML users run with.
+ZIYA = load(["model=ziya_13b_v2"]).model
+
+
+def test_ziya_yaml_has_the_real_shape() -> None:
+    assert (ZIYA.hidden_size, ZIYA.num_layers, ZIYA.num_attention_heads) == (5120, 40, 40)
+    assert (ZIYA.num_query_groups, ZIYA.ffn_hidden_size, ZIYA.vocab_size) == (40, 13824, 39410)
+    assert (ZIYA.norm_epsilon, ZIYA.rotary_base, ZIYA.max_position_embeddings) == (1e-6, 1e4, 4096)
+    assert ZIYA.untie_embeddings_and_output_weights
 
 
 def test_vocab_padding_matches_megatron_lm() -> None:
@@ -115,3 +115,8 @@ def test_auto_on_gpu_without_te_says_so(
 def test_unknown_precision() -> None:
     with pytest.raises(ValueError, match="precision='fp8'"):
         transformer_config(TINY, ParallelConfig(), "fp8")  # type: ignore[arg-type]
+
+
+def test_tiny_yaml_is_the_tiny_test_checkpoint_shape() -> None:
+    # conf/model/tiny.yaml drives the demo; tiny_ziya.TINY writes the checkpoint it starts from.
+    assert load(["model=tiny"]).model == TINY
