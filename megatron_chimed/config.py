@@ -19,6 +19,9 @@ from omegaconf.errors import OmegaConfBaseException
 from megatron_chimed.launch.config import LauncherConfig
 from megatron_chimed.model.builder import ParallelConfig
 from megatron_chimed.model.config import ModelConfig
+from megatron_chimed.training.checkpointing import CheckpointConfig
+from megatron_chimed.training.loop import TrainingConfig
+from megatron_chimed.training.optim import OptimConfig
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -33,6 +36,11 @@ class RunConfig:
     seed: int = 1234
     run_dir: str = "runs/default"
     eval: Any = None  # the eval group (megatron_chimed/eval validates its own tasks)
+    stage: str | None = None  # set by conf/stage/<name>.yaml: a key of training.stage.STAGES
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    data: Any = None  # the stage's data group; each stage validates its own (cpt: data/pretrain)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

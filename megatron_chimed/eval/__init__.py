@@ -2,7 +2,8 @@
 
 Multi-choice accuracy (C-Eval, CMMLU, MedQA), Chinese BLEU/ROUGE (ChiMed QA, MC dialogue),
 NER entity F1 (CCKS-2019, ChiMST) and CAMI/MICA bias scores; ``run_eval`` runs one task or a
-suite from the Hydra ``eval`` config group (conf/eval/).
+suite from the Hydra ``eval`` config group (conf/eval/); ``chimed eval`` (cli.py) runs it on a
+Megatron checkpoint at any TP x DP, or on an HF export.
 """
 
 from .model_api import EvalModel, HFEvalModel, TemplatedModel

@@ -6,6 +6,7 @@ on the Megatron model (adapter from the generation work) or on a fake model in t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -20,6 +21,24 @@ class EvalModel(Protocol):
     def next_token_logprobs(self, prompts: list[str], candidates: list[str]) -> list[list[float]]:
         """log P(first token of candidate | prompt) for every prompt x candidate."""
         ...
+
+
+def candidate_token_id(encode: Callable[[str], list[int]], prompt: str, candidate: str) -> int:
+    """The token a model emits first when writing ``candidate`` right after ``prompt``.
+
+    ``encode`` tokenizes without special tokens. Encoding the candidate alone is wrong for
+    SentencePiece tokenizers ("A" alone becomes "▁A", but "答案：A" ends in "A"), so we encode
+    prompt+candidate and take the token after the prompt's tokens, falling back to the lone
+    encoding if the boundary merged.
+    """
+    prompt_ids = encode(prompt)
+    full_ids = encode(prompt + candidate)
+    if full_ids[: len(prompt_ids)] == prompt_ids and len(full_ids) > len(prompt_ids):
+        return full_ids[len(prompt_ids)]
+    alone = encode(candidate)
+    if not alone:
+        raise ValueError(f"candidate {candidate!r} encodes to no tokens")
+    return alone[0]
 
 
 class TemplatedModel:
@@ -87,20 +106,10 @@ class HFEvalModel:
         return [items[i:i + self.batch_size] for i in range(0, len(items), self.batch_size)]
 
     def candidate_token_id(self, prompt: str, candidate: str) -> int:
-        """The token the model would emit first when writing ``candidate`` after ``prompt``.
+        return candidate_token_id(self._encode_plain, prompt, candidate)
 
-        Encoding the candidate alone is wrong for SentencePiece tokenizers ("A" alone becomes
-        "▁A", but "答案：A" ends in "A"), so we encode prompt+candidate and take the token after
-        the prompt's tokens, falling back to the lone encoding if the boundary merged.
-        """
-        prompt_ids = self._encode(prompt)
-        full_ids = self._encode(prompt + candidate)
-        if full_ids[: len(prompt_ids)] == prompt_ids and len(full_ids) > len(prompt_ids):
-            return full_ids[len(prompt_ids)]
-        alone = self.tokenizer.encode(candidate, add_special_tokens=False)
-        if not alone:
-            raise ValueError(f"candidate {candidate!r} encodes to no tokens")
-        return alone[0]
+    def _encode_plain(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     @torch.no_grad()
     def next_token_logprobs(self, prompts: list[str], candidates: list[str]) -> list[list[float]]:

@@ -98,10 +98,13 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def write_results(out_dir: Path, stem: str, results: list[dict[str, Any]]) -> tuple[Path, Path]:
+def write_results(
+    out_dir: Path, stem: str, results: list[dict[str, Any]], run_info: dict[str, Any] | None = None
+) -> tuple[Path, Path]:
     json_path = Path(out_dir) / f"{stem}.json"
     md_path = Path(out_dir) / f"{stem}.md"
-    payload = _json_safe(results[0] if len(results) == 1 else {"tasks": results})
+    payload = results[0] if len(results) == 1 else {"tasks": results}
+    payload = _json_safe({**payload, "run": run_info} if run_info else payload)
     write_atomic(json_path, json.dumps(payload, ensure_ascii=False, indent=2, allow_nan=False))
     write_atomic(md_path, markdown_table(results))
     return json_path, md_path

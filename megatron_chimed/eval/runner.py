@@ -80,14 +80,17 @@ def run_task(name: str, cfg: Any, model: EvalModel, seeds: list[int]) -> dict[st
 def run_eval(
     cfg: Any,
     model: EvalModel,
-    out_dir: str | Path,
+    out_dir: str | Path | None,
     rank: int = 0,
     world: int = 1,
     gather: Gather | None = None,
+    run_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the task (``cfg.task`` set) or every task of a suite (``cfg.tasks``); return results.
 
-    Rank 0 writes ``{name}.json`` and ``{name}.md`` into ``out_dir``.
+    Rank 0 writes ``{name}.json`` (with ``run_info``, e.g. the model evaluated, under "run")
+    and ``{name}.md`` into ``out_dir``; ``out_dir=None`` writes nothing (e.g. on TP ranks > 0,
+    which share data-parallel rank 0).
     """
     if world > 1 and gather is None:
         raise ValueError("world > 1 needs a gather function (e.g. all_gather_object)")
@@ -107,7 +110,7 @@ def run_eval(
         stem = str(cfg.get("name", cfg.get("task", "eval")))
         results = [run_task(stem, cfg, model, suite_seeds)]
         output = results[0]
-    if rank == 0:
-        json_path, md_path = write_results(Path(out_dir), stem, results)
+    if rank == 0 and out_dir is not None:
+        json_path, md_path = write_results(Path(out_dir), stem, results, run_info)
         output["files"] = {"json": str(json_path), "markdown": str(md_path)}
     return output

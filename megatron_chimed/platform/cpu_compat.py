@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +65,41 @@ def _causal_mask(sq: int, skv: int | None = None) -> torch.Tensor:
     return torch.triu(torch.ones(sq, skv, dtype=torch.bool), diagonal=skv - sq + 1)
 
 
+class _TorchOnCpu(types.ModuleType):
+    """`torch` as seen by a megatron module that writes `device='cuda'` literals (optimizer,
+    grad clipping, grad buffers): everything is torch, except that its tensor factories build
+    CUDA-placed tensors on the CPU. Replacing the module's `torch` name reaches every literal
+    in it without touching torch for anyone else."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(torch, name)
+
+
+def _factory_on_cpu(factory: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    def build(*args: Any, device: Any = None, **kwargs: Any) -> torch.Tensor:
+        if device is not None and torch.device(device).type == "cuda":
+            device = "cpu"
+        return factory(*args, device=device, **kwargs)
+
+    return build
+
+
+_TORCH_ON_CPU = _TorchOnCpu("torch")
+for _name in ("tensor", "zeros", "ones", "empty", "full"):
+    setattr(_TORCH_ON_CPU, _name, _factory_on_cpu(getattr(torch, _name)))
+
+_tensor_type = torch.Tensor.type
+
+
+def _cuda_type_name(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+    """`t.type()` of a CPU tensor as the CUDA name megatron's dtype checks compare with
+    ('torch.cuda.BFloat16Tensor' ...); with arguments (a cast) it is torch's own."""
+    name = _tensor_type(self, *args, **kwargs)
+    if args or kwargs or self.device.type != "cpu":
+        return name
+    return name.replace("torch.", "torch.cuda.", 1)
+
+
 @dataclass(frozen=True)
 class Patch:
     """One redirected attribute: ``module.attr = replacement``."""
@@ -81,7 +117,12 @@ class Patch:
         return f"{self.module}.{self.attr}"
 
     def target(self) -> Any:
-        return importlib.import_module(self.module)
+        """The module, or a class inside one (`torch.Tensor`)."""
+        try:
+            return importlib.import_module(self.module)
+        except ModuleNotFoundError:
+            parent, _, name = self.module.rpartition(".")
+            return getattr(importlib.import_module(parent), name)
 
 
 _TP1 = (
@@ -173,6 +214,58 @@ PATCHES: tuple[Patch, ...] = (
         lambda *a, **k: contextlib.nullcontext(),
         site="torch.cuda.current_stream in DDP param and grad buffers",
         canary="import torch; torch.cuda.current_stream()",
+    ),
+    Patch(
+        "torch.Tensor",
+        "type",
+        _cuda_type_name,
+        site="param.type() == 'torch.cuda.*Tensor' checks in Float16Optimizer, "
+        "DistributedOptimizer and clip_grads (a CPU bf16 param would be rejected)",
+        canary="import torch; t = torch.zeros(1, dtype=torch.bfloat16);"
+        "assert t.type() == 'torch.cuda.BFloat16Tensor', 'cpu tensor type is ' + t.type()",
+        expect="cpu tensor type is",
+    ),
+    Patch(
+        "megatron.core.optimizer.optimizer",
+        "torch",
+        _TORCH_ON_CPU,
+        site="optimizer.MixedPrecisionOptimizer.__init__ / FP32Optimizer: device='cuda' scalars",
+        canary=_TP1 + "import torch; from megatron.core.optimizer.optimizer import FP32Optimizer;"
+        "from megatron.core.optimizer import OptimizerConfig as C;"
+        "FP32Optimizer(torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=1.0), C(), None)",
+    ),
+    Patch(
+        "megatron.core.optimizer.clip_grads",
+        "torch",
+        _TORCH_ON_CPU,
+        site="clip_grads.get_grad_norm_fp32 / clip_grad_by_total_norm_fp32: device='cuda' buffers",
+        canary=_TP1 + "import torch; from megatron.core.optimizer.clip_grads import "
+        "get_grad_norm_fp32 as n; n([torch.ones(2)])",
+    ),
+    Patch(
+        "megatron.core.optimizer.distrib_optimizer",
+        "torch",
+        _TORCH_ON_CPU,
+        site="distrib_optimizer.DistributedOptimizer: device=torch.cuda.current_device() "
+        "buffers when sharding or gathering optimizer state for checkpoints",
+        canary="from megatron.core.optimizer import distrib_optimizer as d;"
+        "d.torch.zeros(1, device='cuda')",
+    ),
+    Patch(
+        "megatron.core.pipeline_parallel.schedules",
+        "torch",
+        _TORCH_ON_CPU,
+        site="schedules.forward_backward_*: total_num_tokens counter made with device='cuda'",
+        canary="from megatron.core.pipeline_parallel import schedules as s;"
+        "s.torch.zeros([], device='cuda')",
+    ),
+    Patch(
+        "megatron.core.utils",
+        "torch",
+        _TORCH_ON_CPU,
+        site="utils.local_multi_tensor_l2_norm (grad norm without apex/TE): device='cuda' result",
+        canary="import torch; from megatron.core.utils import local_multi_tensor_l2_norm as n;"
+        "n(1, None, [[torch.ones(2)]], False)",
     ),
 )
 

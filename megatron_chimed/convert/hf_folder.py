@@ -1,0 +1,181 @@
+"""Read a HF LLaMA-family folder one tensor at a time, after checking it completely.
+
+`.bin` shards are opened with `torch.load(weights_only=True, mmap=True)` and safetensors with
+`safe_open`; either way a shard stays mapped only while one tensor is copied out of it, because
+pages of a file mapping that stay mapped count in the process's RSS, and a 26 GB model read
+through long-lived mappings would look (and, under memory pressure, behave) like 26 GB of RAM.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from megatron_chimed.convert.mapping import ModelMapping, mapping_for
+from megatron_chimed.model.config import ModelConfig
+
+INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
+# HF config.json key -> ModelConfig field
+CONFIG_KEYS = {
+    "hidden_size": "hidden_size",
+    "num_hidden_layers": "num_layers",
+    "num_attention_heads": "num_attention_heads",
+    "intermediate_size": "ffn_hidden_size",
+    "vocab_size": "vocab_size",
+    "rms_norm_eps": "norm_epsilon",
+    "rope_theta": "rotary_base",
+    "max_position_embeddings": "max_position_embeddings",
+}
+DEFAULT_ROPE_THETA = 10000.0
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: missing") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from err
+
+
+def model_config_from_hf(hf_config: dict, where: str) -> ModelConfig:
+    """ModelConfig from a HF LLaMA config.json, naming the key that is missing."""
+    fields = {}
+    for hf_key, field in CONFIG_KEYS.items():
+        if hf_key == "rope_theta":
+            value = hf_config.get(hf_key) or hf_config.get("rope_parameters", {}).get(
+                "rope_theta", DEFAULT_ROPE_THETA
+            )
+        elif hf_key not in hf_config:
+            raise ValueError(f"{where}: key {hf_key!r} missing")
+        else:
+            value = hf_config[hf_key]
+        fields[field] = value
+    fields["num_query_groups"] = hf_config.get("num_key_value_heads", fields["num_attention_heads"])
+    fields["untie_embeddings_and_output_weights"] = not hf_config.get("tie_word_embeddings", False)
+    fields["init_method_std"] = hf_config.get("initializer_range", 0.02)
+    fields["name"] = hf_config.get("_name_or_path") or "hf"
+    return ModelConfig(**fields)
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    file: Path
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
+class HFCheckpoint:
+    """A HF folder: config, mapping table, and where each tensor lives (shapes checked)."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise FileNotFoundError(f"{self.directory}: no such HF model folder")
+        config_path = self.directory / "config.json"
+        self.hf_config = read_json(config_path)
+        architectures = self.hf_config.get("architectures") or ["<none>"]
+        self.mapping: ModelMapping = mapping_for(architectures[0], f"{config_path}")
+        self.model = model_config_from_hf(self.hf_config, str(config_path))
+        self.tensors = self._tensor_infos()
+        self._check_keys_and_shapes()
+
+    def _weight_files(self) -> dict[str, Path] | list[Path]:
+        for name in INDEX_FILES:
+            index_path = self.directory / name
+            if index_path.is_file():
+                weight_map = read_json(index_path).get("weight_map")
+                if not isinstance(weight_map, dict):
+                    raise ValueError(f"{index_path}: key 'weight_map' missing or not an object")
+                for file in sorted(set(weight_map.values())):
+                    if not (self.directory / file).is_file():
+                        raise FileNotFoundError(
+                            f"{index_path} lists shard {file!r}, which is missing from "
+                            f"{self.directory}"
+                        )
+                return {key: self.directory / file for key, file in weight_map.items()}
+        singles = [self.directory / n for n in SINGLE_FILES if (self.directory / n).is_file()]
+        if not singles:
+            raise FileNotFoundError(
+                f"{self.directory}: no weights ({' / '.join(INDEX_FILES + SINGLE_FILES)})"
+            )
+        return singles[:1]
+
+    def _tensor_infos(self) -> dict[str, TensorInfo]:
+        """Shapes and dtypes of every tensor, from headers only (no tensor data is read)."""
+        files = self._weight_files()
+        paths = sorted(set(files.values())) if isinstance(files, dict) else files
+        infos: dict[str, TensorInfo] = {}
+        for path in paths:
+            if path.suffix == ".safetensors":
+                from safetensors import safe_open
+
+                with safe_open(str(path), "pt") as f:
+                    for key in f.keys():
+                        part = f.get_slice(key)
+                        dtype = _SAFETENSORS_DTYPES[part.get_dtype()]
+                        infos[key] = TensorInfo(path, tuple(part.get_shape()), dtype)
+            else:
+                shard = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                for key, t in shard.items():
+                    infos[key] = TensorInfo(path, tuple(t.shape), t.dtype)
+                del shard
+        if isinstance(files, dict):
+            for key, path in files.items():
+                if key not in infos:
+                    raise KeyError(f"{path}: tensor {key!r} listed in the index is not in it")
+        return infos
+
+    def _check_keys_and_shapes(self) -> None:
+        expected: dict[str, tuple[int, ...]] = {}
+        for entry, layer in self.mapping.entries(self.model):
+            names = self.mapping.hf_names(entry, layer)
+            expected.update(zip(names, entry.hf_shapes(self.model)))
+        for key in self.tensors:
+            if key not in expected and not key.endswith("rotary_emb.inv_freq"):
+                raise KeyError(
+                    f"{self.tensors[key].file}: unknown tensor {key!r} (not in the "
+                    f"{self.mapping.architecture} mapping for {self.model.num_layers} layers)"
+                )
+        for key, shape in expected.items():
+            if key not in self.tensors:
+                raise KeyError(f"{self.directory}: tensor {key!r} missing from the weights")
+            info = self.tensors[key]
+            if info.shape != shape:
+                raise ValueError(
+                    f"{info.file}: tensor {key!r} has shape {list(info.shape)} but "
+                    f"{self.directory / 'config.json'} implies {list(shape)}"
+                )
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The checkpoint's dtype: that of its embedding (norms may be kept in fp32)."""
+        entry = self.mapping.before_layers[0]
+        return self.tensors[self.mapping.hf_names(entry, None)[0]].dtype
+
+    def read(self, key: str) -> torch.Tensor:
+        """One tensor, copied out of its shard, which is closed again before returning."""
+        path = self.tensors[key].file
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as f:
+                return f.get_tensor(key)
+        shard = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return shard[key].clone()
+
+    def nbytes(self, key: str) -> int:
+        info = self.tensors[key]
+        return info.dtype.itemsize * int(torch.Size(info.shape).numel())
+
+
+_SAFETENSORS_DTYPES = {
+    "BF16": torch.bfloat16,
+    "F16": torch.float16,
+    "F32": torch.float32,
+    "F64": torch.float64,
+}

@@ -1,0 +1,120 @@
+"""HF folder -> megatron dist checkpoint (torch_dist, TP-agnostic), one tensor in RAM at a time.
+
+The result is the layout every training stage uses (`megatron_chimed/checkpoint/layout.py`):
+OUT/iter_0000000/ (weights under the "model" state-dict key, as a TP=1 GPTModel names and
+shapes them, which megatron reshards to any TP at load), OUT/tokenizer/, OUT/latest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from megatron_chimed.checkpoint.layout import iteration_dir, write_latest, write_metadata
+from megatron_chimed.convert.hf_folder import HFCheckpoint
+from megatron_chimed.convert.mapping import Entry
+from megatron_chimed.convert.staging import check_output, staged_output
+from megatron_chimed.convert.streaming_save import placeholder, save_streaming, single_process_group
+from megatron_chimed.convert.tokenizer_files import check_tokenizer, copy_tokenizer
+
+# The names the converter writes are the TE spec's; megatron-core's local spec saves and loads
+# the same keys, so a converted checkpoint loads into either.
+CHECKPOINT_KEY_SPEC = "transformer_engine"
+
+
+def megatron_sharded_state_dict(
+    hf: HFCheckpoint, dtype: torch.dtype, on_tensor: tqdm
+) -> tuple[dict, dict]:
+    """The sharded state dict a TP=1 GPTModel of this shape saves, with placeholders for data,
+    and the producers that build each tensor from the HF shards when it is written."""
+    from megatron.core.dist_checkpointing import ShardedObject, ShardedTensor
+
+    model, mapping = hf.model, hf.mapping
+    layers = model.num_layers
+    sharded: dict = {}
+    producers = {}
+    for entry, layer in mapping.entries(model):
+        key = mapping.checkpoint_key(entry, layer)
+        shape = entry.megatron_shape(model)
+        data = placeholder(shape, dtype)
+        if layer is None:
+            sharded[key] = ShardedTensor.from_rank_offsets(key, data, replica_id=0)
+            offset = (0,) * len(shape)
+        else:
+            # Layers are stacked along a prepended axis, as megatron's TransformerBlock saves.
+            sharded[f"{key}.{layer}"] = ShardedTensor.from_rank_offsets(
+                key, data, (0, layer, layers), replica_id=0, prepend_axis_num=1
+            )
+            offset = (layer,) + (0,) * len(shape)
+            # Each linear module also saves an (empty on the local spec) `_extra_state`.
+            module_key = key.rsplit(".", 1)[0] + "._extra_state"
+            sharded[f"{module_key}.{layer}"] = ShardedObject(
+                module_key, None, (layers,), (layer,), replica_id=0
+            )
+        producers[(key, offset)] = partial(_produce, hf, entry, layer, dtype, on_tensor)
+    return sharded, producers
+
+
+def _produce(
+    hf: HFCheckpoint, entry: Entry, layer: int | None, dtype: torch.dtype, bar: tqdm
+) -> torch.Tensor:
+    names = hf.mapping.hf_names(entry, layer)
+    tensor = entry.to_megatron([hf.read(name) for name in names], hf.model).to(dtype)
+    bar.update(sum(hf.nbytes(name) for name in names))
+    return tensor
+
+
+def hf_to_megatron(
+    hf_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    dtype: torch.dtype | None = None,
+    target_tp: int = 1,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Convert; `dtype` None keeps the HF dtype. `target_tp` only checks early that the model
+    can be split that way (the checkpoint itself loads at any valid TP)."""
+    out = Path(out_dir)
+    check_output(out, overwrite)
+    hf = HFCheckpoint(hf_dir)
+    hf.model.validate(tensor_parallel=target_tp)
+    has_tokenizer = check_tokenizer(hf.directory, hf.model, str(hf.directory / "config.json"))
+    dtype = dtype or hf.dtype
+    generation_config = hf.directory / "generation_config.json"
+    metadata = {
+        "kind": "converted",
+        "iteration": 0,
+        "architecture": hf.mapping.architecture,
+        "model": asdict(hf.model),
+        "dtype": str(dtype).removeprefix("torch."),
+        "spec": CHECKPOINT_KEY_SPEC,
+        "source": str(hf.directory.resolve()),
+        "hf_config": hf.hf_config,
+        "hf_generation_config": (
+            json.loads(generation_config.read_text()) if generation_config.is_file() else None
+        ),
+    }
+    total = sum(hf.nbytes(key) for key in hf.tensors)
+    import megatron.core.dist_checkpointing  # noqa: F401  (slow: before the progress bar starts)
+
+    with (
+        tqdm(
+            total=total, unit="B", unit_scale=True, desc="HF -> megatron", disable=not progress
+        ) as bar,
+        staged_output(out, overwrite) as tmp,
+        single_process_group(),
+    ):
+        sharded, producers = megatron_sharded_state_dict(hf, dtype, bar)
+        ckpt = iteration_dir(tmp, 0)
+        save_streaming({"model": sharded}, producers, ckpt)
+        write_metadata(ckpt, metadata)
+        if has_tokenizer:
+            copy_tokenizer(hf.directory, tmp / "tokenizer")
+        write_latest(tmp, 0)
+    return out

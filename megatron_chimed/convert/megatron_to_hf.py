@@ -1,0 +1,156 @@
+"""Megatron dist checkpoint -> HF safetensors folder, one layer in RAM at a time.
+
+Works on converted and trained checkpoints alike (only the model weights are read; optimizer
+state is ignored). Vocab padding is trimmed back to the model's true vocabulary.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from megatron_chimed.checkpoint.layout import METADATA, TOKENIZER, read_metadata, resolve
+from megatron_chimed.convert.mapping import Entry, ModelMapping, mapping_for
+from megatron_chimed.convert.safetensors_writer import Plan, write_safetensors_shards
+from megatron_chimed.convert.staging import check_output, staged_output
+from megatron_chimed.convert.streaming_save import single_process_group
+from megatron_chimed.convert.tokenizer_files import check_tokenizer, copy_tokenizer
+from megatron_chimed.model.config import ModelConfig
+from megatron_chimed.testing.tiny_ziya import hf_config
+
+DEFAULT_MAX_SHARD_BYTES = 5 * 10**9
+MODEL_KEY_PREFIXES = ("embedding.", "decoder.", "output_layer.")
+GENERATION_CONFIG = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}  # Ziya's ids
+
+
+def _check_stored(
+    stored: dict, mapping: ModelMapping, model: ModelConfig, ckpt_dir: Path
+) -> torch.dtype:
+    """Every expected tensor present with its shape, no unknown model tensor; the dtype."""
+    expected = {}
+    for entry, layer in mapping.entries(model):
+        shape = entry.megatron_shape(model)
+        expected[mapping.checkpoint_key(entry, layer)] = (
+            shape if layer is None else (model.num_layers, *shape)
+        )
+    for key in stored:
+        if key.startswith(MODEL_KEY_PREFIXES) and key not in expected:
+            raise KeyError(f"{ckpt_dir}: unknown tensor {key!r} for {mapping.architecture}")
+    for key, shape in expected.items():
+        if key not in stored:
+            raise KeyError(f"{ckpt_dir}: tensor {key!r} missing from the checkpoint")
+        got = tuple(stored[key].global_shape)
+        # Vocab rows may be padded for another TP than 1; only the true rows are exported.
+        rows_ok = key.endswith(("word_embeddings.weight", "output_layer.weight")) and (
+            got[0] >= model.vocab_size and got[1:] == shape[1:]
+        )
+        if got != shape and not rows_ok:
+            raise ValueError(
+                f"{ckpt_dir}: tensor {key!r} has shape {list(got)} but {METADATA} "
+                f"'model' implies {list(shape)}"
+            )
+    return stored[mapping.checkpoint_key(mapping.before_layers[0], None)].dtype
+
+
+def _load_group(
+    ckpt_dir: Path, stored: dict, mapping: ModelMapping, group: list[tuple[Entry, int | None]]
+) -> dict[str, torch.Tensor]:
+    """One layer's (or the non-layer) tensors, read from the checkpoint in one request."""
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing import ShardedTensor
+
+    request = {}
+    for entry, layer in group:
+        key = mapping.checkpoint_key(entry, layer)
+        meta = stored[key]
+        if layer is None:
+            data = torch.empty(meta.global_shape, dtype=meta.dtype)
+            request[key] = ShardedTensor.from_rank_offsets(key, data, replica_id=0)
+        else:
+            # Slice `layer` of the stacked tensor, as a plain (not prepended) axis: megatron's
+            # prepended-axis path assumes a complete grid of shards, not one layer of it.
+            data = torch.empty((1, *meta.global_shape[1:]), dtype=meta.dtype)
+            request[key] = ShardedTensor.from_rank_offsets(
+                key, data, (0, layer, meta.global_shape[0]), replica_id=0
+            )
+    # Only this group is asked for, so megatron's "every shard read once" check does not apply.
+    loaded = dist_checkpointing.load(
+        {"model": request}, str(ckpt_dir), validate_access_integrity=False
+    )["model"]
+    return {
+        key: t[0] if key.startswith(mapping.megatron_layer_prefix) else t
+        for key, t in loaded.items()
+    }
+
+
+def _hf_tensors(
+    ckpt_dir: Path, stored: dict, mapping: ModelMapping, model: ModelConfig, dtype: torch.dtype
+) -> Iterator[tuple[str, torch.Tensor]]:
+    for _, group in itertools.groupby(mapping.entries(model), key=lambda item: item[1]):
+        group = list(group)
+        loaded = _load_group(ckpt_dir, stored, mapping, group)
+        for entry, layer in group:
+            parts = entry.to_hf(loaded.pop(mapping.checkpoint_key(entry, layer)), model)
+            yield from zip(mapping.hf_names(entry, layer), (p.to(dtype) for p in parts))
+
+
+def _counted(tensors: Iterator[tuple[str, torch.Tensor]], bar: tqdm) -> Iterator:
+    for name, tensor in tensors:
+        bar.update(tensor.nbytes)
+        yield name, tensor
+
+
+def megatron_to_hf(
+    ckpt: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    dtype: torch.dtype | None = None,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Export the weights of a checkpoint root (its `latest`) or `iter_*` folder."""
+    out = Path(out_dir)
+    check_output(out, overwrite)
+    ckpt_dir = resolve(ckpt)
+    metadata = read_metadata(ckpt_dir)
+    where = str(ckpt_dir / METADATA)
+    for key in ("model", "architecture"):
+        if key not in metadata:
+            raise KeyError(f"{where}: key {key!r} missing")
+    model = ModelConfig(**metadata["model"])
+    mapping = mapping_for(metadata["architecture"], where)
+    tokenizer_dir = ckpt_dir.parent / TOKENIZER
+    has_tokenizer = check_tokenizer(tokenizer_dir, model, where)
+    from megatron.core import dist_checkpointing
+
+    with single_process_group():
+        stored = dist_checkpointing.load_tensors_metadata(str(ckpt_dir))
+        dtype = dtype or _check_stored(stored, mapping, model, ckpt_dir)
+        plan: Plan = [
+            (name, shape, dtype)
+            for entry, layer in mapping.entries(model)
+            for name, shape in zip(mapping.hf_names(entry, layer), entry.hf_shapes(model))
+        ]
+        total = sum(int(torch.Size(shape).numel()) * dtype.itemsize for _, shape, _ in plan)
+        with (
+            tqdm(
+                total=total, unit="B", unit_scale=True, desc="megatron -> HF", disable=not progress
+            ) as bar,
+            staged_output(out, overwrite) as tmp,
+        ):
+            tensors = _hf_tensors(ckpt_dir, stored, mapping, model, dtype)
+            write_safetensors_shards(tmp, plan, _counted(tensors, bar), max_shard_bytes)
+            config = metadata.get("hf_config") or hf_config(model, "")
+            config["torch_dtype"] = str(dtype).removeprefix("torch.")
+            (tmp / "config.json").write_text(json.dumps(config, indent=2))
+            generation = metadata.get("hf_generation_config") or GENERATION_CONFIG
+            (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2))
+            if has_tokenizer:
+                copy_tokenizer(tokenizer_dir, tmp)
+    return out

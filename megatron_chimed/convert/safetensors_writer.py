@@ -1,0 +1,86 @@
+"""Write HF safetensors shards + index from a stream of tensors, one tensor in RAM at a time.
+
+`safetensors.torch.save_file` needs a whole shard (5 GB by default) in memory. The format is
+simple enough to stream: an 8-byte little-endian header length, a JSON header giving every
+tensor's dtype, shape and byte range, then the raw bytes in that order. Shapes are known from
+the config before any tensor exists, so each shard's header is written first and the tensors
+are appended as they arrive.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+DTYPE_NAMES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}
+INDEX_FILE = "model.safetensors.index.json"
+
+Plan = list[tuple[str, tuple[int, ...], torch.dtype]]
+
+
+def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
+    return int(torch.Size(shape).numel()) * dtype.itemsize
+
+
+def split_into_shards(plan: Plan, max_shard_bytes: int) -> list[Plan]:
+    """Consecutive tensors, a new shard when the next would pass the limit (as HF does)."""
+    shards: list[Plan] = [[]]
+    size = 0
+    for item in plan:
+        nbytes = _nbytes(item[1], item[2])
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(item)
+        size += nbytes
+    return shards
+
+
+def _header(shard: Plan) -> bytes:
+    header: dict = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, shape, dtype in shard:
+        end = offset + _nbytes(shape, dtype)
+        header[name] = {
+            "dtype": DTYPE_NAMES[dtype],
+            "shape": list(shape),
+            "data_offsets": [offset, end],
+        }
+        offset = end
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data must start 8-byte aligned
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def write_safetensors_shards(
+    out_dir: Path,
+    plan: Plan,
+    tensors: Iterator[tuple[str, torch.Tensor]],
+    max_shard_bytes: int,
+) -> list[Path]:
+    """Write `tensors` (arriving in `plan` order) as `model-0000K-of-0000N.safetensors`."""
+    shards = split_into_shards(plan, max_shard_bytes)
+    weight_map: dict[str, str] = {}
+    paths = []
+    for k, shard in enumerate(shards):
+        file = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+        with open(out_dir / file, "wb") as f:
+            f.write(_header(shard))
+            for name, shape, dtype in shard:
+                got_name, tensor = next(tensors)
+                if got_name != name or tuple(tensor.shape) != shape or tensor.dtype != dtype:
+                    raise ValueError(
+                        f"{file}: expected {name} {list(shape)} {dtype}, got {got_name} "
+                        f"{list(tensor.shape)} {tensor.dtype}"
+                    )
+                f.write(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().data)
+                weight_map[name] = file
+        paths.append(out_dir / file)
+    total = sum(_nbytes(shape, dtype) for _, shape, dtype in plan)
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2))
+    return paths

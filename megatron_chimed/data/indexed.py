@@ -1,0 +1,180 @@
+"""JSONL -> megatron-core indexed dataset (`PREFIX_<key>_document.bin/.idx`), EOD after each doc.
+
+Streams any number of files of any size: lines are read lazily and sent in chunks to worker
+processes that parse and tokenize them (one tokenizer per worker); the parent only appends the
+returned id arrays, in input order, so the output does not depend on `workers`. Both files are
+written under temporary names and renamed at the end: an interrupted run leaves no half dataset
+that a training job could pick up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from megatron_chimed.tokenizer import ZiyaTokenizer
+
+CHUNK_LINES = 512  # big enough to amortise inter-process pickling, small enough to stream
+
+
+class MalformedRecord(ValueError):
+    """A JSONL line that is not a record with the expected string fields (file:line: reason)."""
+
+
+@dataclass
+class PreprocessStats:
+    documents: int = 0
+    tokens: int = 0
+    skipped: int = 0  # malformed lines passed over with skip_bad
+
+
+def output_prefix(prefix: str | os.PathLike, key: str) -> str:
+    """Megatron-LM's naming: `--output-prefix out/cmd` + key `text` -> `out/cmd_text_document`."""
+    return f"{prefix}_{key}_document"
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    path: str
+    first_line: int
+    lines: list[str]
+
+
+def _chunks(paths: Sequence[str | os.PathLike]) -> Iterator[_Chunk]:
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            lines: list[str] = []
+            first = 1
+            for lineno, line in enumerate(f, start=1):
+                if not lines:
+                    first = lineno
+                lines.append(line)
+                if len(lines) == CHUNK_LINES:
+                    yield _Chunk(str(path), first, lines)
+                    lines = []
+            if lines:
+                yield _Chunk(str(path), first, lines)
+
+
+def _parse(chunk: _Chunk, keys: Sequence[str]) -> tuple[dict[str, list[str]], list[str]]:
+    """Texts per key of the well-formed records, and one `file:line: reason` per bad line."""
+    texts: dict[str, list[str]] = {key: [] for key in keys}
+    errors: list[str] = []
+    for offset, line in enumerate(chunk.lines):
+        if not line.strip():
+            continue
+        where = f"{chunk.path}:{chunk.first_line + offset}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            errors.append(f"{where}: not valid JSON ({err.msg} at column {err.colno})")
+            continue
+        if not isinstance(record, dict):
+            errors.append(f"{where}: expected a JSON object, got {type(record).__name__}")
+            continue
+        bad = [k for k in keys if not isinstance(record.get(k), str)]
+        if bad:
+            errors.append(f"{where}: field {bad[0]!r} is missing or not a string")
+            continue
+        for key in keys:
+            texts[key].append(record[key])
+    return texts, errors
+
+
+_worker_tokenizer: ZiyaTokenizer | None = None
+
+
+def _init_worker(tokenizer_dir: str) -> None:
+    global _worker_tokenizer
+    _worker_tokenizer = ZiyaTokenizer(tokenizer_dir)
+
+
+def _encode(job: tuple[_Chunk, tuple[str, ...]]) -> tuple[dict[str, list[np.ndarray]], list[str]]:
+    chunk, keys = job
+    texts, errors = _parse(chunk, keys)
+    eod = _worker_tokenizer.eod
+    docs = {
+        key: [np.array([*ids, eod], dtype=np.int32) for ids in _worker_tokenizer.encode_batch(t)]
+        for key, t in texts.items()
+    }
+    return docs, errors
+
+
+def preprocess(
+    inputs: Sequence[str | os.PathLike],
+    prefix: str | os.PathLike,
+    tokenizer_dir: str | os.PathLike,
+    json_keys: Sequence[str] = ("text",),
+    workers: int = 1,
+    skip_bad: bool = False,
+    progress: bool = True,
+) -> PreprocessStats:
+    """Tokenize every record's `json_keys` into one indexed dataset per key.
+
+    A malformed line raises MalformedRecord naming file and line, unless `skip_bad`, in which
+    case it is counted in the returned stats.
+    """
+    from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
+
+    for path in inputs:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: input file not found")
+    tokenizer = ZiyaTokenizer(tokenizer_dir)
+    dtype = DType.optimal_dtype(tokenizer.vocab_size)
+    keys = tuple(json_keys)
+    final = {key: output_prefix(prefix, key) for key in keys}
+    tmp = {key: f"{p}.tmp{os.getpid()}" for key, p in final.items()}
+    Path(prefix).parent.mkdir(parents=True, exist_ok=True)
+    builders = {key: IndexedDatasetBuilder(tmp[key] + ".bin", dtype=dtype) for key in keys}
+    stats = PreprocessStats()
+    jobs = ((chunk, keys) for chunk in _chunks(inputs))
+    bar = tqdm(unit="doc", desc="preprocess", disable=not progress, smoothing=0.1)
+    try:
+        with _ordered_map(workers, str(tokenizer_dir)) as ordered_map:
+            for docs, errors in ordered_map(_encode, jobs):
+                if errors and not skip_bad:
+                    raise MalformedRecord(errors[0])
+                stats.skipped += len(errors)
+                for key, arrays in docs.items():
+                    for ids in arrays:
+                        builders[key].add_document(ids, [ids.size])
+                added = docs[keys[0]]
+                stats.documents += len(added)
+                stats.tokens += sum(a.size for a in added)
+                bar.update(len(added))
+                bar.set_postfix(tok_s=f"{stats.tokens / max(bar.format_dict['elapsed'], 1e-9):.0f}")
+        for key in keys:
+            builders[key].finalize(tmp[key] + ".idx")
+            # .bin first: a reader that finds the .idx finds its .bin.
+            os.replace(tmp[key] + ".bin", final[key] + ".bin")
+            os.replace(tmp[key] + ".idx", final[key] + ".idx")
+    finally:
+        bar.close()
+        for key in keys:
+            for ext in (".bin", ".idx"):
+                Path(tmp[key] + ext).unlink(missing_ok=True)
+    return stats
+
+
+@contextlib.contextmanager
+def _ordered_map(workers: int, tokenizer_dir: str) -> Iterator[Callable]:
+    """`imap` (results in input order) over worker processes, or in this process for <= 1."""
+    if workers <= 1:
+        _init_worker(tokenizer_dir)
+        yield map
+        return
+    # spawn, not fork: the parent may hold torch/megatron threads that fork would copy.
+    pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, (tokenizer_dir,))
+    try:
+        yield pool.imap
+    finally:
+        pool.terminate()
+        pool.join()

@@ -1,0 +1,174 @@
+"""`chimed generate` / `tools/chat.py`: chat with a Megatron checkpoint, or answer a JSONL file.
+
+    torchrun --nproc_per_node=2 tools/chat.py --checkpoint CKPT            # interactive
+    torchrun --nproc_per_node=2 tools/chat.py --checkpoint CKPT --input q.jsonl --output a.jsonl
+
+Interactive: rank 0 reads a line from stdin and broadcasts it, every rank generates its shard's
+part, rank 0 prints the answer; the dialogue history is kept (`/reset` starts over, `/exit` or
+end of input quits). Batch: each input line is `{"prompt": str}` (raw model input) or
+`{"messages": [{"role", "content"}, ...]}` (rendered with the chat template), plus any other
+fields; each output line is the input record with `"answers": [str, ...]` added. The output is
+written atomically once everything is generated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from megatron_chimed.checkpoint.layout import atomic_write_text
+from megatron_chimed.data.template import USER, check_messages
+from megatron_chimed.generation.api import Prompt, generate
+from megatron_chimed.generation.sampling import GenerationConfig
+from megatron_chimed.tokenizer import ZiyaTokenizer
+
+RESET, EXIT = "/reset", "/exit"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="chimed generate", description=__doc__.split("\n")[0])
+    ap.add_argument("--checkpoint", required=True, help="checkpoint root or iter_* folder")
+    ap.add_argument("--tp", type=int, default=None, help="tensor parallel size (default: world)")
+    ap.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])
+    ap.add_argument("--input", type=Path, help="JSONL of prompts: batch mode")
+    ap.add_argument("--output", type=Path, help="JSONL written in batch mode")
+    defaults = GenerationConfig()
+    ap.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
+    ap.add_argument("--temperature", type=float, default=defaults.temperature, help="0: greedy")
+    ap.add_argument("--top-k", type=int, default=defaults.top_k)
+    ap.add_argument("--top-p", type=float, default=defaults.top_p)
+    ap.add_argument("--seed", type=int, default=defaults.seed)
+    ap.add_argument("--num-samples", type=int, default=defaults.num_samples)
+    ap.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    ap.add_argument("--template", default=defaults.template)
+    ap.add_argument("--instruction", default=None, help="prefix of the first user message")
+    args = ap.parse_args(argv)
+    if (args.input is None) != (args.output is None):
+        ap.error("--input and --output go together (batch mode)")
+    return args
+
+
+def generation_config(args: argparse.Namespace) -> GenerationConfig:
+    cfg = GenerationConfig(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        num_samples=args.num_samples,
+        batch_size=args.batch_size,
+        template=args.template,
+        instruction=args.instruction,
+    )
+    cfg.validate()
+    return cfg
+
+
+def read_requests(path: Path) -> list[dict]:
+    """The JSONL records, each checked; an error names the file, line and field."""
+    records = []
+    with open(path, encoding="utf-8-sig") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{where}: not valid JSON ({err})") from None
+            if not isinstance(record, dict) or ("prompt" in record) == ("messages" in record):
+                raise ValueError(f"{where}: expected an object with 'prompt' or 'messages'")
+            if "prompt" in record and not isinstance(record["prompt"], str):
+                raise ValueError(f"{where}: field 'prompt' must be a string")
+            if "messages" in record:
+                messages = record["messages"]
+                try:
+                    if not isinstance(messages, list) or not messages:
+                        raise ValueError("must be a non-empty list of messages")
+                    check_messages(messages)
+                    if messages[-1]["role"] != USER:
+                        raise ValueError("the last message must be the user's")
+                except ValueError as err:
+                    raise ValueError(f"{where}: field 'messages': {err}") from None
+            records.append(record)
+    return records
+
+
+def run_batch(
+    model: torch.nn.Module,
+    tokenizer: ZiyaTokenizer,
+    cfg: GenerationConfig,
+    records: list[dict],
+    output: Path,
+) -> None:
+    prompts: list[Prompt] = [r.get("messages", r.get("prompt")) for r in records]
+    rank0 = dist.get_rank() == 0
+    answers = generate(model, tokenizer, prompts, cfg, progress=rank0)
+    if rank0:
+        lines = [
+            json.dumps({**r, "answers": a}, ensure_ascii=False) + "\n"
+            for r, a in zip(records, answers)
+        ]
+        output.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(output, "".join(lines))
+        print(f"wrote {len(lines)} records to {output}", flush=True)
+
+
+def read_line_on_rank0(prompt: str) -> str | None:
+    """A line of stdin read by rank 0 and given to every rank; None at end of input."""
+    box: list[str | None] = [None]
+    if dist.get_rank() == 0:
+        try:
+            box[0] = input(prompt)
+        except EOFError:
+            box[0] = None
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def run_interactive(
+    model: torch.nn.Module, tokenizer: ZiyaTokenizer, cfg: GenerationConfig
+) -> None:
+    rank0 = dist.get_rank() == 0
+    if rank0:
+        print(f"chat: {RESET} starts a new dialogue, {EXIT} quits", flush=True)
+    messages: list[dict] = []
+    while (line := read_line_on_rank0("user> ")) is not None and line.strip() != EXIT:
+        if line.strip() == RESET:
+            messages = []
+        elif line.strip():
+            messages.append({"role": "user", "content": line})
+            answer = generate(model, tokenizer, [messages], cfg)[0][0]
+            messages.append({"role": "assistant", "content": answer})
+            if rank0:
+                print(f"bot> {answer.strip()}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from megatron_chimed.generation.loading import load_for_generation
+    from megatron_chimed.platform import destroy, initialize
+
+    args = parse_args(argv)
+    cfg = generation_config(args)
+    records = read_requests(args.input) if args.input else None  # fail before loading weights
+    tp = args.tp or int(os.environ.get("WORLD_SIZE", 1))
+    layout = initialize(tensor_parallel=tp, seed=args.seed)
+    try:
+        if layout.data_parallel > 1:
+            raise ValueError(
+                f"chat runs one model replica: start {tp} processes for --tp {tp}, "
+                f"not {layout.world_size}"
+            )
+        model, tokenizer = load_for_generation(args.checkpoint, tp, args.precision)
+        if records is not None:
+            run_batch(model, tokenizer, cfg, records, args.output)
+        else:
+            run_interactive(model, tokenizer, cfg)
+    finally:
+        destroy()
+    return 0

@@ -1,0 +1,174 @@
+"""Batched decoding on the megatron GPTModel (any TP), with megatron-core's static KV cache.
+
+Prompts of different lengths share a batch the way megatron-core's static
+`TextGenerationController` does it, without padding tokens: the first forward pass runs every
+row up to the shortest prompt, then one position per step; a row whose prompt is longer keeps
+its own prompt token at that position (teacher forcing) and starts generating once past it.
+Every row therefore sees exactly its own tokens at their true positions, so a row's greedy
+answer does not depend on its neighbours. Sorting rows by length keeps the teacher-forced
+stretch short.
+
+Every rank of a TP group must call these functions with the same prompts and config.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from megatron_chimed.generation.sampling import GenerationConfig, mask_padded_vocab, next_tokens
+from megatron_chimed.model import unwrap
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _last_logits(
+    model: torch.nn.Module,
+    tokens: torch.Tensor,
+    positions: torch.Tensor,
+    context: StaticInferenceContext | None,  # noqa: F821 (imported lazily: megatron is slow)
+    vocab_size: int,
+) -> torch.Tensor:
+    """fp32 logits of the last position over the full (gathered) vocabulary, padded ids -inf."""
+    logits = model(tokens, positions, None, inference_context=context, runtime_gather_output=True)
+    if context is not None:
+        context.increment_sequence_len_offset(tokens.size(1))
+    return mask_padded_vocab(logits[:, -1, :].float(), vocab_size)
+
+
+def _agree_across_tp(tokens: torch.Tensor) -> torch.Tensor:
+    """Take TP rank 0's tokens on every rank of the group. The ranks sample identical gathered
+    logits with identically seeded generators, so this changes nothing unless a kernel differs
+    in the last bit; then it keeps the ranks' KV caches from silently diverging."""
+    from megatron.core import parallel_state
+
+    if parallel_state.get_tensor_model_parallel_world_size() > 1:
+        dist.broadcast(
+            tokens,
+            parallel_state.get_tensor_model_parallel_src_rank(),
+            group=parallel_state.get_tensor_model_parallel_group(),
+        )
+    return tokens
+
+
+@torch.no_grad()
+def decode_batch(
+    model: torch.nn.Module,
+    prompts: list[list[int]],
+    cfg: GenerationConfig,
+    vocab_size: int,
+    stop_ids: list[int],
+    generator: torch.Generator | None,
+) -> list[list[int]]:
+    """New token ids for each prompt: up to `cfg.max_new_tokens`, cut before the first stop id."""
+    from megatron.core.inference.contexts import StaticInferenceContext
+    from megatron.core.inference.utils import InferenceMode
+
+    device = _device(model)
+    lengths = torch.tensor([len(p) for p in prompts], device=device)
+    if int(lengths.min()) == 0:
+        raise ValueError("generation: a prompt encodes to no tokens")
+    total = int(lengths.max()) + cfg.max_new_tokens
+    limit = unwrap(model).max_sequence_length
+    if total > limit:
+        raise ValueError(
+            f"generation: a prompt of {int(lengths.max())} tokens + max_new_tokens="
+            f"{cfg.max_new_tokens} exceeds the model's max_position_embeddings={limit}"
+        )
+    tokens = torch.zeros((len(prompts), total), dtype=torch.long, device=device)
+    for row, prompt in enumerate(prompts):
+        tokens[row, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
+    positions = torch.arange(total, device=device).expand(len(prompts), total)
+    stops = torch.tensor(stop_ids, dtype=torch.long, device=device)
+    context = StaticInferenceContext(len(prompts), total) if cfg.use_kv_cache else None
+
+    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    new_count = torch.zeros_like(lengths)
+    stopped = torch.zeros_like(done)
+    start, end = 0, int(lengths.min())
+    model.eval()
+    # megatron keeps only the last position's logits (and so never builds [batch, seq, vocab]
+    # during prefill) only while this process-wide flag is set, as its own engines do.
+    with InferenceMode.active():
+        while True:
+            # Without the cache every step recomputes the whole sequence from position 0.
+            window = slice(start if context is not None else 0, end)
+            logits = _last_logits(
+                model, tokens[:, window], positions[:, window], context, vocab_size
+            )
+            sampled = _agree_across_tp(next_tokens(logits, cfg, generator))
+            generating = (lengths <= end) & ~done
+            tokens[:, end] = torch.where(generating, sampled, tokens[:, end])
+            new_count += generating.long()
+            hit_stop = generating & torch.isin(sampled, stops)
+            stopped |= hit_stop
+            done |= hit_stop | (generating & (new_count >= cfg.max_new_tokens))
+            if bool(done.all()) or end + 1 == total:
+                break
+            if context is not None and bool((lengths <= end).all()):
+                context.enable_decode_mode()  # every prompt is consumed: pure decode from here
+            start, end = end, end + 1
+
+    out = []
+    for row, length in enumerate(lengths.tolist()):
+        n = int(new_count[row]) - int(stopped[row])  # the stop token is not part of the answer
+        out.append(tokens[row, length : length + n].tolist())
+    return out
+
+
+def generate_ids(
+    model: torch.nn.Module,
+    prompts: list[list[int]],
+    cfg: GenerationConfig,
+    vocab_size: int,
+    stop_ids: list[int],
+    progress: bool = False,
+) -> list[list[int]]:
+    """New token ids for every prompt row, in input order, decoded `cfg.batch_size` at a time.
+
+    Sampling is deterministic for a given (seed, prompts, batch_size) at any TP size.
+    """
+    cfg.validate()
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    device = _device(model)
+    generator = None if cfg.greedy else torch.Generator(device=device).manual_seed(cfg.seed)
+    out: list[list[int]] = [[] for _ in prompts]
+    batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+    for rows in tqdm(batches, desc="generate", unit="batch", disable=not progress):
+        answers = decode_batch(
+            model, [prompts[i] for i in rows], cfg, vocab_size, stop_ids, generator
+        )
+        for i, answer in zip(rows, answers):
+            out[i] = answer
+    return out
+
+
+@torch.no_grad()
+def next_token_logprobs(
+    model: torch.nn.Module, prompts: list[list[int]], vocab_size: int, batch_size: int = 8
+) -> torch.Tensor:
+    """log P(next token | prompt) over the true vocabulary, [len(prompts), vocab_size].
+
+    Rows are batched only with rows of the same length, so no padding or masking is needed."""
+    from megatron.core.inference.contexts import StaticInferenceContext
+    from megatron.core.inference.utils import InferenceMode
+
+    device = _device(model)
+    out = torch.empty((len(prompts), vocab_size), dtype=torch.float32)
+    by_length: dict[int, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        by_length.setdefault(len(prompt), []).append(i)
+    model.eval()
+    with InferenceMode.active():
+        for length, group in sorted(by_length.items()):
+            for k in range(0, len(group), batch_size):
+                rows = group[k : k + batch_size]
+                tokens = torch.tensor([prompts[i] for i in rows], dtype=torch.long, device=device)
+                positions = torch.arange(length, device=device).expand(len(rows), length)
+                context = StaticInferenceContext(len(rows), length)
+                logits = _last_logits(model, tokens, positions, context, vocab_size)
+                out[rows] = torch.log_softmax(logits[:, :vocab_size], dim=-1).cpu()
+    return out

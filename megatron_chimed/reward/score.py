@@ -1,0 +1,128 @@
+"""`tools/score.py`: score a JSONL of (prompt, response) with a reward-model checkpoint.
+
+    torchrun --nproc_per_node=2 tools/score.py --checkpoint RM_CKPT --input in.jsonl \
+        --output scored.jsonl
+
+Each input line is `{"prompt": str, "response": str, ...}` (field names configurable); each
+output line is the input record with `"score": float` added, in input order, written atomically
+by rank 0 once everything is scored. The text is rendered with the chat template the RM was
+trained with (`--template`, `--instruction`), so it must match the RM's data config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from megatron_chimed.checkpoint import layout
+from megatron_chimed.checkpoint.weights import load_model_weights
+from megatron_chimed.data.sft.jsonio import field, iter_jsonl
+from megatron_chimed.data.template import ChatTemplate, get_template
+from megatron_chimed.generation.loading import model_config_from_metadata, tokenizer_dir
+from megatron_chimed.model import ParallelConfig
+from megatron_chimed.model.builder import Precision
+from megatron_chimed.reward.batch import RankedExample, collate, encode_response
+from megatron_chimed.reward.data import RankedRecord
+from megatron_chimed.reward.model import build_reward_model
+from megatron_chimed.tokenizer import ZiyaTokenizer
+
+
+def load_reward_model(
+    checkpoint: str | Path, tensor_parallel: int, precision: Precision = "bf16"
+) -> tuple[torch.nn.Module, ZiyaTokenizer, int]:
+    """This rank's RM shard with the checkpoint's weights, its tokenizer, its context length
+    (megatron parallel state must be initialised with the same TP)."""
+    ckpt_dir = layout.resolve(checkpoint)
+    model_cfg = model_config_from_metadata(ckpt_dir)
+    parallel = ParallelConfig(tensor_model_parallel_size=tensor_parallel)
+    model = build_reward_model(model_cfg, parallel, precision)
+    load_model_weights(model, ckpt_dir)
+    tokenizer = ZiyaTokenizer(tokenizer_dir(ckpt_dir))
+    return model.eval(), tokenizer, model_cfg.max_position_embeddings
+
+
+@torch.no_grad()
+def score_texts(
+    model: torch.nn.Module,
+    tokenizer: ZiyaTokenizer,
+    texts: list[tuple[str, str]],
+    template: ChatTemplate,
+    seq_length: int,
+    instruction: str | None = None,
+    batch_size: int = 8,
+) -> list[float]:
+    """One score per (prompt, response), batch by batch; every TP rank scores every batch."""
+    device = next(model.parameters()).device
+    scores: list[float] = []
+    for start in range(0, len(texts), batch_size):
+        examples = []
+        for prompt, response in texts[start : start + batch_size]:
+            record = RankedRecord(prompt, (response,))
+            ids, _ = encode_response(template, tokenizer, record, 0, seq_length, instruction)
+            examples.append(RankedExample((ids,), ()))
+        batch = collate(examples, seq_length, tokenizer.pad, device)
+        out = model(batch.tokens, batch.position_ids, None, batch.last_index)
+        scores.extend(out.float().tolist())
+    return scores
+
+
+def read_requests(path: Path, prompt_field: str, response_field: str) -> list[dict]:
+    """The JSONL records, each with string `prompt_field` and `response_field`."""
+    records = []
+    for where, record in iter_jsonl(path):
+        field(record, prompt_field, where)
+        field(record, response_field, where)
+        records.append(record)
+    return records
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="tools/score.py", description=__doc__.split("\n")[0])
+    ap.add_argument("--checkpoint", required=True, help="RM checkpoint root or iter_* folder")
+    ap.add_argument("--input", type=Path, required=True, help="JSONL of prompt/response")
+    ap.add_argument("--output", type=Path, required=True, help="JSONL with a score per line")
+    ap.add_argument("--tp", type=int, default=None, help="tensor parallel size (default: world)")
+    ap.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])
+    ap.add_argument("--prompt-field", default="prompt")
+    ap.add_argument("--response-field", default="response")
+    ap.add_argument("--template", default="ziya")
+    ap.add_argument("--instruction", default=None, help="prefix of the question, as in training")
+    ap.add_argument("--seq-length", type=int, default=None, help="default: the model's context")
+    ap.add_argument("--batch-size", type=int, default=8)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from megatron_chimed.platform import destroy, initialize
+
+    args = parse_args(argv)
+    records = read_requests(args.input, args.prompt_field, args.response_field)
+    tensor_parallel = args.tp or int(os.environ.get("WORLD_SIZE", "1"))
+    initialize(tensor_parallel=tensor_parallel)
+    try:
+        model, tokenizer, context = load_reward_model(
+            args.checkpoint, tensor_parallel, args.precision
+        )
+        texts = [(r[args.prompt_field], r[args.response_field]) for r in records]
+        scores = score_texts(
+            model,
+            tokenizer,
+            texts,
+            get_template(args.template),
+            args.seq_length or context,
+            args.instruction,
+            args.batch_size,
+        )
+        if dist.get_rank() == 0:
+            lines = [
+                json.dumps({**r, "score": s}, ensure_ascii=False) for r, s in zip(records, scores)
+            ]
+            layout.atomic_write_text(args.output, "".join(line + "\n" for line in lines))
+    finally:
+        destroy()
+    return 0

@@ -1,0 +1,205 @@
+"""The `rm` stage of the shared training loop (paper section 2.3 and appendix A).
+
+Each sample is one prompt with its K ranked responses; a micro-batch of B prompts is B x K
+forwards, and the loss is the mean over the global batch's pairs of
+-log sigmoid(r_better - r_worse - margin). Validation reports the loss, pairwise accuracy and
+full-ranking accuracy; `test_report` writes the same for the test split as JSON.
+
+The paper's schedule is given in epochs (2 epochs, batch 8, warm-up 3% of the steps but at
+least 5), so the stage turns it into `training.train_iters` and `optim.warmup_iters` from the
+size of the train split before the loop reads them. Validation covers the whole valid split
+in global batches (`training.eval_iters` is set to match; a remainder smaller than one global
+batch is left out).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from megatron_chimed.checkpoint.layout import atomic_write_text
+from megatron_chimed.data.sft import Epochs
+from megatron_chimed.data.template import get_template
+from megatron_chimed.reward.batch import (
+    PAIRINGS,
+    RankedExample,
+    encode_records,
+    example_tensors,
+    stack_batch,
+)
+from megatron_chimed.reward.data import RewardDataConfig, read_ranked_jsonl
+from megatron_chimed.reward.loss import pairwise_loss
+from megatron_chimed.reward.model import build_reward_model, init_from_sft
+from megatron_chimed.training.stage import Datasets, ForwardStepResult, Stage
+
+if TYPE_CHECKING:
+    from megatron_chimed.config import RunConfig
+    from megatron_chimed.tokenizer import ZiyaTokenizer
+
+log = logging.getLogger(__name__)
+
+TEST_REPORT = "rm_test_report.json"
+
+
+@dataclass
+class RewardStageConfig(RewardDataConfig):
+    """The `data` group of the rm stage: the files (RewardDataConfig), how they become pairs,
+    and the epoch-based schedule (conf/stage/rm.yaml)."""
+
+    pairing: str = "adjacent"  # training pairs: adjacent | all | binary
+    eval_pairing: str = "all"  # validation/test pairs (all K are forwarded either way)
+    margin: float = 0.0
+    epochs: float = 2.0
+    warmup_fraction: float = 0.03
+    min_warmup_iters: int = 5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("pairing", "eval_pairing"):
+            if getattr(self, key) not in PAIRINGS:
+                raise ValueError(f"data.{key}={getattr(self, key)!r}: expected {sorted(PAIRINGS)}")
+
+
+def epoch_schedule(
+    cfg: RewardStageConfig, train_prompts: int, global_batch: int
+) -> tuple[int, int]:
+    """(train_iters, warmup_iters) for `cfg.epochs` passes over `train_prompts` prompts."""
+    iters = max(1, math.ceil(cfg.epochs * train_prompts / global_batch))
+    return iters, max(cfg.min_warmup_iters, math.ceil(cfg.warmup_fraction * iters))
+
+
+class RankedDataset(torch.utils.data.Dataset):
+    """Encoded prompts as fixed-shape tensors; every prompt must have the same K (the loop's
+    loader stacks a micro-batch)."""
+
+    def __init__(self, examples: list[RankedExample], seq_length: int, pad_id: int, name: str):
+        shapes = {(len(e.sequences), len(e.pairs)) for e in examples}
+        if len(shapes) != 1:
+            raise ValueError(
+                f"{name}: prompts differ in their number of responses or pairs {sorted(shapes)}; "
+                "a micro-batch needs the same K for every prompt"
+            )
+        self.examples, self.seq_length, self.pad_id = examples, seq_length, pad_id
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return example_tensors(self.examples[index], self.seq_length, self.pad_id)
+
+
+class RewardStage(Stage):
+    def __init__(self, cfg: RunConfig, tokenizer: ZiyaTokenizer) -> None:
+        super().__init__(cfg, tokenizer)
+        merged = OmegaConf.merge(OmegaConf.structured(RewardStageConfig), cfg.data or {})
+        self.data: RewardStageConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+        self.splits = {
+            split: self._encode(
+                split, self.data.pairing if split == "train" else self.data.eval_pairing
+            )
+            for split in ("train", "valid", "test")
+        }
+        t = cfg.training
+        t.train_iters, cfg.optim.warmup_iters = epoch_schedule(
+            self.data, len(self.splits["train"]), t.global_batch_size
+        )
+        t.eval_iters = len(self.splits["valid"]) // t.global_batch_size
+        if t.eval_interval and not t.eval_iters:
+            raise ValueError(
+                f"{self.data.valid}: {len(self.splits['valid'])} prompts, fewer than "
+                f"training.global_batch_size={t.global_batch_size}: nothing to validate on"
+            )
+        log.info(
+            "rm: %d train prompts x %s epochs -> train_iters=%d, warmup_iters=%d",
+            len(self.splits["train"]),
+            self.data.epochs,
+            t.train_iters,
+            cfg.optim.warmup_iters,
+        )
+
+    def _encode(self, split: str, pairing: str) -> RankedDataset:
+        path = getattr(self.data, split)
+        if not path:
+            raise ValueError(f"data.{split}: no file given (the rm stage needs train, valid, test)")
+        records, _ = read_ranked_jsonl(path, self.data)
+        seq_length = self.cfg.training.seq_length
+        examples = encode_records(
+            records,
+            get_template(self.data.template),
+            self.tokenizer,
+            seq_length,
+            pairing,
+            self.data.instruction,
+            name=path,
+        )
+        return RankedDataset(examples, seq_length, self.tokenizer.pad, path)
+
+    def build_model(self) -> torch.nn.Module:
+        cfg = self.cfg
+        return build_reward_model(cfg.model, cfg.parallel, cfg.precision, cfg.training.seq_length)
+
+    def load_weights(self, model: torch.nn.Module, path: str) -> dict:
+        """`checkpoint.load` is the SFT model: its trunk, and a fresh value head."""
+        return init_from_sft(model, path)
+
+    def datasets(self, num_samples: tuple[int, int, int]) -> Datasets:
+        train = self.splits["train"]
+        # Epoch 0 in a seeded order too: the files are sorted by whoever wrote them.
+        order = np.random.default_rng(self.cfg.seed).permutation(len(train))
+        shuffled = RankedDataset(
+            [train.examples[i] for i in order], train.seq_length, train.pad_id, "train"
+        )
+        return (
+            Epochs(shuffled, num_samples[0], self.cfg.seed),
+            self.splits["valid"],
+            self.splits["test"],
+        )
+
+    def forward_step(self, data_iterator: Iterator, model: torch.nn.Module) -> ForwardStepResult:
+        batch = stack_batch(next(data_iterator), next(model.parameters()).device)
+        scores = model(batch.tokens, batch.position_ids, None, batch.last_index)
+        return scores, partial(
+            pairwise_loss, pairs=batch.pairs, group_sizes=batch.group_sizes, margin=self.data.margin
+        )
+
+    def after_training(self, model: torch.nn.Module) -> None:
+        self.test_report(model)
+
+    @torch.no_grad()
+    def test_report(self, model: torch.nn.Module) -> dict:
+        """Loss, pairwise and full-ranking accuracy on the whole test split; rank 0 writes them
+        to run_dir/rm_test_report.json. Every rank scores the whole split (a few hundred
+        sequences), micro-batch by micro-batch."""
+        test = self.splits["test"]
+        batch_size = self.cfg.training.micro_batch_size
+        model.eval()
+        totals: dict[str, torch.Tensor] = {}
+        for start in range(0, len(test), batch_size):
+            items = [test[i] for i in range(start, min(start + batch_size, len(test)))]
+            output, loss_func = self.forward_step(
+                iter([torch.utils.data.default_collate(items)]), model
+            )
+            for name, value in loss_func(output)[2].items():
+                totals[name] = totals.get(name, 0) + value.double().cpu()
+        model.train()
+        report = {
+            "split": str(self.data.test),
+            "prompts": len(test),
+            "pairing": self.data.eval_pairing,
+            **{name.replace(" ", "_"): (v[0] / v[1]).item() for name, v in totals.items()},
+        }
+        if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+            target = Path(self.cfg.run_dir) / TEST_REPORT
+            target.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(target, json.dumps(report, indent=2, ensure_ascii=False))
+        return report

@@ -1,0 +1,38 @@
+"""Continued pre-training (paper section 2.1): next-token prediction on CMD (pre-train)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import partial
+
+import torch
+from omegaconf import OmegaConf
+
+from megatron_chimed.data.pretrain import PretrainDataConfig, build_pretrain_datasets
+from megatron_chimed.training.loss import masked_lm_loss
+from megatron_chimed.training.stage import Datasets, ForwardStepResult, Stage
+
+
+class PretrainStage(Stage):
+    def datasets(self, num_samples: tuple[int, int, int]) -> Datasets:
+        data = OmegaConf.to_object(
+            OmegaConf.merge(OmegaConf.structured(PretrainDataConfig), self.cfg.data or {})
+        )
+        train, valid, test = build_pretrain_datasets(
+            data, self.tokenizer, self.cfg.training.seq_length, self.cfg.seed, num_samples
+        )
+        return train, valid, test
+
+    def forward_step(self, data_iterator: Iterator, model: torch.nn.Module) -> ForwardStepResult:
+        batch = next(data_iterator)
+        device = next(model.parameters()).device
+        tokens, labels, loss_mask, position_ids = (
+            batch[k].to(device) for k in ("tokens", "labels", "loss_mask", "position_ids")
+        )
+        logits = model(tokens, position_ids, None)
+        return logits, partial(
+            masked_lm_loss,
+            labels=labels,
+            loss_mask=loss_mask,
+            true_vocab_size=self.cfg.model.vocab_size,
+        )

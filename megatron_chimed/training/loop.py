@@ -1,0 +1,254 @@
+"""The training loop every stage shares (CPT, SFT, RM, RS): see training/stage.py to plug in.
+
+One iteration = one global batch: megatron's forward-backward function runs
+global_batch / (micro_batch x DP) micro-batches of the stage's `forward_step` with gradient
+accumulation, megatron DDP reduces the gradients, the (distributed) optimizer clips and steps,
+the scheduler moves the LR. Around it: resume or weights-only start, periodic validation,
+logging, checkpoints every `checkpoint.save_interval` and at the end, and preemption.
+
+Data order is a function of the number of samples consumed: global batch k is samples
+[k x GB, (k+1) x GB) of the train dataset, split among DP ranks (as Megatron-LM's
+MegatronPretrainingSampler), so a resume at any DP size continues with the same samples.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from omegaconf import OmegaConf
+
+from megatron_chimed.checkpoint import layout
+from megatron_chimed.platform import seed_everything
+from megatron_chimed.training import checkpointing
+from megatron_chimed.training.metrics import MetricsLogger
+from megatron_chimed.training.optim import build_optimizer, wrap_ddp
+from megatron_chimed.training.preemption import PreemptionFlag
+from megatron_chimed.training.stage import Stage
+
+
+@dataclass
+class TrainingConfig:
+    """`conf/training/*.yaml` (steps, batch, logging); the stage file sets seq_length."""
+
+    seq_length: int = 4096
+    micro_batch_size: int = 1
+    global_batch_size: int = 16
+    train_iters: int = 1000
+    exit_after: int | None = None  # stop (with a checkpoint) after this iteration
+    log_interval: int = 10
+    eval_interval: int = 0  # 0: no periodic validation
+    eval_iters: int = 10  # global batches per validation
+    dataloader_workers: int = 2
+    tensorboard: bool = True
+    tokenizer: str | None = None  # default: the tokenizer/ of checkpoint.load
+
+    def num_microbatches(self, data_parallel: int) -> int:
+        per_step = self.micro_batch_size * data_parallel
+        if self.global_batch_size % per_step:
+            raise ValueError(
+                f"training.global_batch_size={self.global_batch_size} is not a multiple of "
+                f"training.micro_batch_size={self.micro_batch_size} x data parallel "
+                f"{data_parallel}"
+            )
+        return self.global_batch_size // per_step
+
+
+@dataclass
+class TrainState:
+    """What `train` leaves behind (tests and callers inspect the model)."""
+
+    model: torch.nn.Module
+    optimizer: Any
+    scheduler: Any
+    iteration: int
+    consumed_samples: int
+    status: str  # "done" | "exit" (exit_after) | "preempted"
+
+
+class ConsumedSamplesSampler:
+    """This DP rank's micro-batches, from global sample `consumed` on, in order."""
+
+    def __init__(self, total: int, consumed: int, micro_batch: int, dp_rank: int, dp_size: int):
+        self.total, self.consumed = total, consumed
+        self.micro_batch, self.dp_rank, self.dp_size = micro_batch, dp_rank, dp_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        step = self.micro_batch * self.dp_size
+        for start in range(self.consumed, self.total - step + 1, step):
+            first = start + self.dp_rank * self.micro_batch
+            yield list(range(first, first + self.micro_batch))
+
+
+def _loader(dataset: Any, consumed: int, cfg: TrainingConfig) -> Iterator:
+    from megatron.core import parallel_state
+
+    sampler = ConsumedSamplesSampler(
+        len(dataset),
+        consumed,
+        cfg.micro_batch_size,
+        parallel_state.get_data_parallel_rank(),
+        parallel_state.get_data_parallel_world_size(),
+    )
+    workers = cfg.dataloader_workers
+    return iter(
+        torch.utils.data.DataLoader(
+            dataset, batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0
+        )
+    )
+
+
+def _reduce_reports(reports: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Sum each name's [sum, count] over micro-batches and DP ranks."""
+    from megatron.core import parallel_state
+
+    totals: dict[str, torch.Tensor] = {}
+    for report in reports:
+        for name, value in report.items():
+            totals[name] = totals.get(name, 0) + value.detach().double().cpu()
+    for value in totals.values():
+        dist.all_reduce(
+            value, group=parallel_state.get_data_parallel_group(with_context_parallel=True)
+        )
+    return totals
+
+
+def _averages(totals: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {name.replace(" ", "_"): (v[0] / v[1].clamp(min=1)).item() for name, v in totals.items()}
+
+
+def _total_samples(cfg: TrainingConfig) -> tuple[int, int, int]:
+    gb = cfg.global_batch_size
+    evals = cfg.train_iters // cfg.eval_interval + 1 if cfg.eval_interval else 0
+    return cfg.train_iters * gb, evals * cfg.eval_iters * gb, cfg.eval_iters * gb
+
+
+def train(cfg: Any, stage: Stage, tokenizer_dir: str | Path | None = None) -> TrainState:
+    """Run (or resume) `stage` as configured by the RunConfig `cfg`; return the final state."""
+    from megatron.core import parallel_state
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+
+    # Initial weights depend on cfg.seed only, not on what ran before in this process.
+    seed_everything(cfg.seed)
+    model_parallel_cuda_manual_seed(cfg.seed)
+    t = cfg.training
+    dp = parallel_state.get_data_parallel_world_size()
+    num_micro = t.num_microbatches(dp)
+    model = stage.build_model()
+    ddp = wrap_ddp(model, cfg.parallel)
+    optimizer, scheduler = build_optimizer(
+        ddp, cfg.optim, cfg.parallel, cfg.precision, t.train_iters
+    )
+
+    ckpt_root = Path(cfg.run_dir) / "checkpoints"
+    iteration = consumed = 0
+    latest = layout.read_latest(ckpt_root)
+    if latest is not None:
+        state = checkpointing.resume(latest, ddp, optimizer, scheduler)
+        iteration, consumed = state["iteration"], state["consumed_samples"]
+    elif cfg.checkpoint.load:
+        stage.load_weights(model, cfg.checkpoint.load)
+
+    train_ds, valid_ds, _ = stage.datasets(_total_samples(t))
+    data = _loader(train_ds, consumed, t)
+    forward_backward = get_forward_backward_func()
+    rank0 = dist.get_rank() == 0
+    metrics = MetricsLogger(cfg.run_dir, enabled=rank0, tensorboard=t.tensorboard)
+    preemption = PreemptionFlag()
+    resolved = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    stage_name = type(stage).__name__
+
+    def save() -> None:
+        checkpointing.save(
+            ckpt_root,
+            iteration,
+            ddp,
+            optimizer,
+            scheduler,
+            {"consumed_samples": consumed, "config": resolved, "stage": stage_name},
+            tokenizer_dir,
+        )
+        if rank0 and cfg.checkpoint.keep_last:
+            checkpointing.prune(ckpt_root, cfg.checkpoint.keep_last)
+
+    window: list[dict[str, torch.Tensor]] = []
+    window_start, grad_norms = time.perf_counter(), []
+    status = "done"
+    while iteration < t.train_iters:
+        ddp.zero_grad_buffer()
+        optimizer.zero_grad()
+        reports = forward_backward(
+            forward_step_func=stage.forward_step,
+            data_iterator=data,
+            model=[ddp],
+            num_microbatches=num_micro,
+            seq_length=t.seq_length,
+            micro_batch_size=t.micro_batch_size,
+            forward_only=False,
+        )
+        updated, grad_norm, _ = optimizer.step()
+        if updated:
+            scheduler.step(increment=1)
+        iteration += 1
+        consumed += t.global_batch_size
+        window.extend(reports)
+        grad_norms.append(grad_norm or 0.0)
+
+        if iteration % t.log_interval == 0 or iteration == t.train_iters:
+            elapsed = time.perf_counter() - window_start
+            steps = len(grad_norms)
+            metrics.log(
+                "train",
+                iteration,
+                {
+                    **_averages(_reduce_reports(window)),
+                    "lr": scheduler.get_lr(optimizer.param_groups[0]),
+                    "grad_norm": sum(grad_norms) / steps,
+                    "tokens_per_s": steps * t.global_batch_size * t.seq_length / elapsed,
+                    "consumed_samples": consumed,
+                    "step_s": elapsed / steps,
+                },
+            )
+            window, grad_norms, window_start = [], [], time.perf_counter()
+        if valid_ds is not None and t.eval_interval and iteration % t.eval_interval == 0:
+            metrics.log("valid", iteration, _evaluate(ddp, stage, valid_ds, t, num_micro))
+
+        stop = preemption.requested()
+        if stop or iteration == t.exit_after:
+            status = "preempted" if stop else "exit"
+            save()
+            break
+        if iteration % cfg.checkpoint.save_interval == 0 or iteration == t.train_iters:
+            save()
+    metrics.close()
+    if status == "done":
+        stage.after_training(model)
+    return TrainState(ddp, optimizer, scheduler, iteration, consumed, status)
+
+
+@torch.no_grad()
+def _evaluate(ddp: torch.nn.Module, stage: Stage, dataset: Any, t: TrainingConfig, num_micro: int):
+    """The first `eval_iters` global batches of `dataset`: the same ones at every validation."""
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    ddp.eval()
+    data = _loader(dataset, 0, t)
+    reports: list[dict[str, torch.Tensor]] = []
+    for _ in range(t.eval_iters):
+        reports += get_forward_backward_func()(
+            forward_step_func=stage.forward_step,
+            data_iterator=data,
+            model=[ddp],
+            num_microbatches=num_micro,
+            seq_length=t.seq_length,
+            micro_batch_size=t.micro_batch_size,
+            forward_only=True,
+        )
+    ddp.train()
+    return _averages(_reduce_reports(reports))

@@ -1,0 +1,104 @@
+"""Every conversion error names its file and key, and leaves no half-written output behind."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from megatron_chimed.convert import hf_to_megatron, megatron_to_hf
+from megatron_chimed.convert.hf_folder import HFCheckpoint
+
+
+@pytest.fixture
+def hf_copy(tiny_ziya: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(tiny_ziya, tmp_path / "hf"))
+
+
+def edit_config(folder: Path, **changes: object) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **changes}))
+
+
+def assert_nothing_written(parent: Path, name: str = "out") -> None:
+    assert sorted(p.name for p in parent.iterdir() if name in p.name) == []
+
+
+def test_wrong_architecture(hf_copy: Path, tmp_path: Path) -> None:
+    edit_config(hf_copy, architectures=["GPT2LMHeadModel"])
+    with pytest.raises(ValueError, match=r"config\.json: architectures='GPT2LMHeadModel'.*Llama"):
+        hf_to_megatron(hf_copy, tmp_path / "out", progress=False)
+    assert_nothing_written(tmp_path)
+
+
+def test_config_and_weights_disagree_on_a_shape(hf_copy: Path, tmp_path: Path) -> None:
+    edit_config(hf_copy, intermediate_size=180)
+    with pytest.raises(ValueError, match=r"pytorch_model-\d+-of-00003\.bin: tensor 'model\.layers"):
+        hf_to_megatron(hf_copy, tmp_path / "out", progress=False)
+    assert_nothing_written(tmp_path)
+
+
+def test_missing_shard(hf_copy: Path, tmp_path: Path) -> None:
+    (hf_copy / "pytorch_model-00002-of-00003.bin").unlink()
+    with pytest.raises(FileNotFoundError, match=r"index\.json lists shard 'pytorch_model-00002"):
+        hf_to_megatron(hf_copy, tmp_path / "out", progress=False)
+    assert_nothing_written(tmp_path)
+
+
+def test_unknown_tensor_is_named(hf_copy: Path) -> None:
+    edit_config(hf_copy, num_hidden_layers=1)
+    with pytest.raises(KeyError, match=r"unknown tensor 'model\.layers\.1\."):
+        HFCheckpoint(hf_copy)
+
+
+def test_tp_that_does_not_divide_the_heads(hf_copy: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="num_attention_heads=4 is not divisible by .*size=3"):
+        hf_to_megatron(hf_copy, tmp_path / "out", target_tp=3, progress=False)
+    assert_nothing_written(tmp_path)
+
+
+def test_tokenizer_larger_than_the_embedding(hf_copy: Path, tmp_path: Path) -> None:
+    added = json.loads((hf_copy / "added_tokens.json").read_text())
+    (hf_copy / "added_tokens.json").write_text(json.dumps({**added, "<extra>": 2000}))
+    with pytest.raises(
+        ValueError, match="tokenizer has 2001 tokens but the embedding has only 2000"
+    ):
+        hf_to_megatron(hf_copy, tmp_path / "out", progress=False)
+    assert_nothing_written(tmp_path)
+
+
+def test_existing_output_needs_overwrite(tiny_ziya: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("previous")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        hf_to_megatron(tiny_ziya, out, progress=False)
+    assert (out / "keep.txt").read_text() == "previous"
+    hf_to_megatron(tiny_ziya, out, overwrite=True, progress=False)
+    assert (out / "latest").is_file() and not (out / "keep.txt").exists()
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        megatron_to_hf(out, out, progress=False)
+
+
+def test_failure_midway_leaves_the_previous_output(
+    tiny_ziya: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    hf_to_megatron(tiny_ziya, out, progress=False)
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    calls = []
+
+    def failing_read(self: HFCheckpoint, key: str) -> None:
+        calls.append(key)
+        if len(calls) == 5:
+            raise OSError("disk went away")
+        return original(self, key)
+
+    original = HFCheckpoint.read
+    monkeypatch.setattr(HFCheckpoint, "read", failing_read)
+    with pytest.raises(OSError, match="disk went away"):
+        hf_to_megatron(tiny_ziya, out, overwrite=True, progress=False)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]

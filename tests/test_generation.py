@@ -1,0 +1,147 @@
+"""The decode loop and sampling on a scripted model (one process, no torchrun)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from megatron_chimed.generation import GenerationConfig, generate, generate_ids
+from megatron_chimed.generation.api import cut_at_stop_strings
+from megatron_chimed.generation.sampling import filter_top_k_top_p, next_tokens
+
+VOCAB, PADDED, EOS, HUMAN = 2000, 2048, 2, 1998
+
+
+class CountingModel(torch.nn.Module):
+    """A scripted LM with megatron's call signature: after token t it predicts t + 1, and every
+    padded id gets an even higher logit, so only a masked generator counts correctly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # where the loop puts its tensors
+        self.max_sequence_length = 64
+        self.calls: list[tuple[int, bool]] = []  # (window length, KV cache used) per forward
+
+    def forward(self, tokens, positions, mask, inference_context=None, runtime_gather_output=None):
+        assert runtime_gather_output  # logits must be gathered over the full vocabulary
+        self.calls.append((tokens.size(1), inference_context is not None))
+        logits = torch.zeros(*tokens.shape, PADDED)
+        logits[..., VOCAB:] = 100.0
+        return logits.scatter(-1, ((tokens + 1) % VOCAB).unsqueeze(-1), 10.0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def megatron_world():
+    from megatron_chimed.platform import destroy, initialize
+
+    initialize(tensor_parallel=1)
+    yield
+    destroy()
+
+
+def run(prompts: list[list[int]], **overrides) -> list[list[int]]:
+    cfg = dataclasses.replace(GenerationConfig(max_new_tokens=5), **overrides)
+    return generate_ids(CountingModel(), prompts, cfg, VOCAB, [EOS, HUMAN])
+
+
+def test_greedy_follows_the_model_and_skips_padded_ids() -> None:
+    assert run([[1, 10]]) == [[11, 12, 13, 14, 15]]
+
+
+def test_stops_at_eos_and_at_human_without_returning_them() -> None:
+    assert run([[1, 0]]) == [[1]]
+    assert run([[1, 1995]]) == [[1996, 1997]]
+    assert run([[1, 1997]]) == [[]]
+
+
+def test_mixed_prompt_lengths_each_continue_their_own_prompt() -> None:
+    prompts = [[1, 500, 501, 502, 503], [1, 50], [1, 1996], [1, 7, 8]]
+    assert run(prompts, batch_size=4) == [
+        [504, 505, 506, 507, 508],
+        [51, 52, 53, 54, 55],
+        [1997],
+        [9, 10, 11, 12, 13],
+    ]
+
+
+def test_kv_cache_feeds_one_token_per_step_after_the_prefill() -> None:
+    model = CountingModel()
+    cfg = GenerationConfig(max_new_tokens=3)
+    assert generate_ids(model, [[1, 5, 6], [1, 9]], cfg, VOCAB, [EOS]) == [[7, 8, 9], [10, 11, 12]]
+    # prefill to the shorter prompt, one teacher-forced step, then decode until both have 3
+    assert model.calls == [(2, True), (1, True), (1, True), (1, True)]
+    model.calls.clear()
+    cfg = dataclasses.replace(cfg, use_kv_cache=False)
+    generate_ids(model, [[1, 5, 6], [1, 9]], cfg, VOCAB, [EOS])
+    assert model.calls == [(2, False), (3, False), (4, False), (5, False)]
+
+
+def test_prompt_plus_answer_longer_than_the_model_is_refused() -> None:
+    with pytest.raises(ValueError, match="60 tokens \\+ max_new_tokens=5 exceeds .*=64"):
+        run([list(range(60))])
+
+
+def test_generate_returns_num_samples_texts_per_prompt(tiny_ziya: Path) -> None:
+    from megatron_chimed.tokenizer import ZiyaTokenizer
+
+    tokenizer = ZiyaTokenizer(tiny_ziya)
+    prompts = [[{"role": "user", "content": "头痛怎么办？"}], "<human>:咳嗽\n<bot>:"]
+    cfg = GenerationConfig(max_new_tokens=4, num_samples=3)
+    answers = generate(CountingModel(), tokenizer, prompts, cfg)
+    assert [len(a) for a in answers] == [3, 3]
+    # the ziya prompt ends with `:` after `<bot>`; the model counts up from it
+    last = tokenizer.encode("<human>:咳嗽\n<bot>:")[-1]
+    assert answers[1][0] == tokenizer.decode(list(range(last + 1, last + 5)))
+
+
+def test_bracket_template_cuts_the_answer_at_the_next_turn() -> None:
+    from megatron_chimed.data.template import get_template
+
+    text = "多喝水。\n[human]:还有呢"
+    assert cut_at_stop_strings(text, get_template("ziya_brackets")) == "多喝水。\n"
+    assert cut_at_stop_strings(text, get_template("ziya")) == text
+
+
+def test_top_k_and_top_p_keep_the_expected_tokens() -> None:
+    logits = torch.log(torch.tensor([[0.5, 0.2, 0.2, 0.1]]))
+    kept = lambda k, p: torch.isfinite(filter_top_k_top_p(logits, k, p))[0].tolist()
+    assert kept(2, 1.0) == [True, True, True, False]  # a tie at the k-th value keeps both
+    assert kept(1, 1.0) == [True, False, False, False]
+    assert kept(0, 0.45) == [True, False, False, False]
+    assert kept(0, 0.8) == [True, True, True, False]
+    assert kept(0, 0.95) == [True, True, True, True]
+
+
+def test_sampling_follows_the_seed() -> None:
+    logits = torch.zeros(4, 100)
+    cfg = GenerationConfig(temperature=1.0)
+    draw = lambda seed: next_tokens(logits, cfg, torch.Generator().manual_seed(seed)).tolist()
+    assert draw(1) == draw(1)
+    assert draw(1) != draw(2)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("max_new_tokens", 0), ("temperature", -1.0), ("top_p", 0.0), ("num_samples", 0)],
+)
+def test_bad_settings_name_the_field(field: str, value: float) -> None:
+    cfg = dataclasses.replace(GenerationConfig(), **{field: value})
+    with pytest.raises(ValueError, match=f"generation.{field}="):
+        cfg.validate()
+
+
+def test_chat_requests_name_the_file_line_and_field(tmp_path: Path) -> None:
+    from megatron_chimed.generation.chat import read_requests
+
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"prompt": "ok"}\n\n{"messages": [{"role": "assistant", "content": "x"}]}\n')
+    with pytest.raises(ValueError, match=r"q.jsonl:3: field 'messages': message 0: role"):
+        read_requests(path)
+    path.write_text('{"prompt": "ok", "id": 1}\n{"prompt": 3}\n')
+    with pytest.raises(ValueError, match=r"q.jsonl:2: field 'prompt' must be a string"):
+        read_requests(path)
+    path.write_text('{"prompt": "ok", "id": 1}\n')
+    assert read_requests(path) == [{"prompt": "ok", "id": 1}]

@@ -1,0 +1,60 @@
+"""tools/preprocess_data.py: JSONL -> indexed dataset round trip, malformed lines, atomic output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from distributed import ROOT
+
+from megatron_chimed.data.indexed import MalformedRecord, output_prefix, preprocess
+from megatron_chimed.tokenizer import ZiyaTokenizer
+
+TEXTS = ["高血压患者应低盐饮食。", "孩子发烧38.6℃需要吃退烧药吗？", "<human>口干<bot>查血糖"]
+
+
+def write_jsonl(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_round_trip_of_token_ids(tiny_ziya: Path, tmp_path: Path, workers: int) -> None:
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    src = write_jsonl(tmp_path / "a.jsonl", [json.dumps({"text": t}) for t in TEXTS] + [""])
+    stats = preprocess([src], tmp_path / "out", tiny_ziya, workers=workers, progress=False)
+    tok = ZiyaTokenizer(tiny_ziya)
+    expected = [tok.encode(t) + [tok.eod] for t in TEXTS]
+    dataset = IndexedDataset(output_prefix(tmp_path / "out", "text"))
+    assert [dataset[i].tolist() for i in range(len(dataset))] == expected
+    assert (stats.documents, stats.tokens) == (3, sum(map(len, expected)))
+    assert tok.decode(dataset[2].tolist(), skip_special=False) == TEXTS[2]
+
+
+def test_malformed_line_error_names_file_and_line(tiny_ziya: Path, tmp_path: Path) -> None:
+    lines = [json.dumps({"text": "好"}), json.dumps({"text": "好"}), '{"text": "断', "{}"]
+    src = write_jsonl(tmp_path / "bad.jsonl", lines)
+    with pytest.raises(MalformedRecord, match=rf"{src}:3: not valid JSON"):
+        preprocess([src], tmp_path / "out", tiny_ziya, progress=False)
+    assert list(tmp_path.glob("out*")) == []  # nothing half-written is left behind
+    stats = preprocess([src], tmp_path / "out", tiny_ziya, skip_bad=True, progress=False)
+    assert (stats.documents, stats.skipped) == (2, 2)
+
+
+def test_missing_field_is_named(tiny_ziya: Path, tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "b.jsonl", [json.dumps({"body": "x"})])
+    with pytest.raises(MalformedRecord, match=rf"{src}:1: field 'text' is missing"):
+        preprocess([src], tmp_path / "out", tiny_ziya, progress=False)
+
+
+def test_cli_exits_2_with_the_line(tiny_ziya: Path, tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "c.jsonl", ["[1, 2]"])
+    cmd = [sys.executable, "tools/preprocess_data.py", "--input", str(src),
+           "--output-prefix", str(tmp_path / "o"), "--tokenizer", str(tiny_ziya)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert f"{src}:1: expected a JSON object, got list" in proc.stderr
