@@ -1,20 +1,20 @@
 #!/usr/bin/env python3
 """HF -> megatron -> HF conversion time vs `cp` of the same bytes, and peak RSS, at two sizes.
 
-python bench/conversion.py [--sizes 2,4] [--dir /tmp]
+python bench/conversion.py [--sizes 2,4] [--dir /tmp] [--repeat 2]
 
 For each size (GB) it writes a synthetic 13B-shaped bf16 HF checkpoint (hidden 5120, FFN 13824,
 vocab 39410, as many layers as the size allows) into a temp folder, times `cp -r` + `sync` of
-it, then each conversion in a fresh child process (timed after its imports, peak RSS from
-getrusage). Goals: round trip <= 2.0x cp; peak RSS <= 4 GiB and a falling fraction of the
-checkpoint size as it grows. Everything is deleted at the end.
+it, then each conversion in a fresh child process (timed after its imports, until its output is
+fsynced and renamed into place; peak RSS = the child's VmHWM), `--repeat` times interleaved,
+keeping the fastest of each and the highest RSS. Goals: round trip <= 2.0x cp; peak RSS <= 4 GiB
+and a falling fraction of the checkpoint size as it grows. Everything is deleted at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -69,8 +69,17 @@ def child(direction: str, src: str, dst: str) -> None:
     start = time.perf_counter()
     convert(src, dst, progress=False)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"seconds": seconds, "peak_rss": peak}))
+    print(json.dumps({"seconds": seconds, "peak_rss": peak_rss()}))
+
+
+def peak_rss() -> int:
+    """This process's peak RSS: VmHWM of its own address space. (Not getrusage's ru_maxrss,
+    which Linux carries across fork + exec, so a child reports the bench parent's peak, i.e.
+    the synthetic checkpoint generation, whenever that is higher than its own.)"""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def run_child(direction: str, src: Path, dst: Path) -> dict:
@@ -79,19 +88,33 @@ def run_child(direction: str, src: Path, dst: Path) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def measure(workdir: Path, gigabytes: float) -> dict:
+def measure(workdir: Path, gigabytes: float, repeat: int) -> dict:
+    """Best of `repeat` runs of cp and of each direction, interleaved: the machine is shared, so
+    a single run mostly measures the neighbours; the minimum is the least disturbed."""
     hf, copy, meg, back = (workdir / n for n in ("hf", "cp", "megatron", "hf_back"))
     nbytes = synthetic_hf(hf, gigabytes)
-    subprocess.run(["sync"], check=True)
-    start = time.perf_counter()
-    subprocess.run(["cp", "-r", str(hf), str(copy)], check=True)
-    subprocess.run(["sync"], check=True)
-    cp_seconds = time.perf_counter() - start
-    shutil.rmtree(copy)
-    to_megatron = run_child("hf2meg", hf, meg)
-    to_hf = run_child("meg2hf", meg, back)
-    for folder in (hf, meg, back):
-        shutil.rmtree(folder)
+    cp_runs, meg_runs, hf_runs = [], [], []
+    for _ in range(repeat):
+        subprocess.run(["sync"], check=True)
+        start = time.perf_counter()
+        subprocess.run(["cp", "-r", str(hf), str(copy)], check=True)
+        subprocess.run(["sync"], check=True)
+        cp_runs.append(time.perf_counter() - start)
+        shutil.rmtree(copy)
+        meg_runs.append(run_child("hf2meg", hf, meg))
+        hf_runs.append(run_child("meg2hf", meg, back))
+        shutil.rmtree(meg)
+        shutil.rmtree(back)
+    shutil.rmtree(hf)
+    cp_seconds = min(cp_runs)
+    to_megatron = {
+        "seconds": min(r["seconds"] for r in meg_runs),
+        "peak_rss": max(r["peak_rss"] for r in meg_runs),
+    }
+    to_hf = {
+        "seconds": min(r["seconds"] for r in hf_runs),
+        "peak_rss": max(r["peak_rss"] for r in hf_runs),
+    }
     peak = max(to_megatron["peak_rss"], to_hf["peak_rss"])
     return {
         "bytes": nbytes,
@@ -110,6 +133,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--sizes", default="2,4", help="checkpoint sizes in GB, comma-separated")
     ap.add_argument("--dir", default=None, help="where the temp folders go (same disk as cp)")
+    ap.add_argument("--repeat", type=int, default=2, help="runs per size; the fastest counts")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -118,7 +142,7 @@ def main() -> None:
     rows = []
     for gigabytes in (float(s) for s in args.sizes.split(",")):
         with tempfile.TemporaryDirectory(prefix="bench_conversion_", dir=args.dir) as tmp:
-            row = measure(Path(tmp), gigabytes)
+            row = measure(Path(tmp), gigabytes, args.repeat)
         rows.append(row)
         print(
             f"size={row['bytes'] / 1e9:.2f}GB cp={row['cp_s']:.1f}s "

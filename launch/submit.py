@@ -20,8 +20,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(REPO))
 
+from megatron_chimed.config import CONF_DIR, ConfigError
 from megatron_chimed.launch import DEFAULT_MODULE, compose_launcher, render_sbatch
-from megatron_chimed.launch.config import CONF_DIR, LauncherConfig
+from megatron_chimed.launch.config import LauncherConfig
 
 
 def _absolute_run_dir(overrides: list[str], run_dir: str | None) -> tuple[list[str], str | None]:
@@ -66,7 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config-name", default="config", help="primary config in conf-dir")
     args = parser.parse_args(argv)
 
-    cfg, run_dir = compose_launcher(args.overrides, args.conf_dir, args.config_name)
+    # The trainer's whole config is checked before it is queued; another module's keys are its own.
+    try:
+        cfg, run_dir = compose_launcher(args.overrides, args.conf_dir, args.config_name,
+                                        check_all=args.module == DEFAULT_MODULE)
+    except ConfigError as err:
+        sys.exit(f"submit.py: {err}")
     overrides, run_dir = _absolute_run_dir(list(args.overrides), run_dir)
     if cfg.kind == "slurm":
         return submit_slurm(cfg, overrides, args.module, run_dir, args.dry_run, args.wait)

@@ -1,52 +1,61 @@
 """`chimed <command> [hydra overrides...]`: the one console script.
 
 Commands that need several processes re-launch themselves under torchrun, so a user types the
-same line on a laptop and in an sbatch script.
+same line on a laptop and inside an sbatch script.
 """
 
 from __future__ import annotations
 
-import os
+import importlib
 import subprocess
 import sys
 
-USAGE = """usage: chimed <command> [key=value ...]
-commands:
-  pipeline   the whole demo pipeline on the bundled tiny default (CPU, TP=2)
-  smoke      build the model and run one forward/backward
-"""
+# command -> (module with main(argv) -> int, what it does)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "pipeline": ("megatron_chimed.pipeline.run", "convert, CPT, SFT, RM, RS, export, evaluate"),
+    "train": ("megatron_chimed.train", "one stage under torchrun: stage=cpt|sft|rm|rs"),
+    "generate": ("megatron_chimed.generation.chat", "chat or batch JSONL generation"),
+    "eval": ("megatron_chimed.eval.cli", "the paper's evaluation tasks"),
+    "smoke": ("megatron_chimed.smoke", "build the model, one forward/backward"),
+}
+
+UNDER_TORCHRUN = {"train", "smoke"}  # entry points that expect torchrun's environment
 
 
-def _torchrun(module: str, nproc: int, args: list[str]) -> int:
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc_per_node={nproc}",
-        "--nnodes=1",
-        "--master_addr=127.0.0.1",
-        f"--master_port={os.environ.get('MASTER_PORT', '29500')}",
-        "-m",
-        module,
-        *args,
-    ]
+def usage() -> str:
+    rows = "\n".join(f"  {name:<9} {what}" for name, (_, what) in COMMANDS.items())
+    return f"usage: chimed <command> [key=value ...]\ncommands:\n{rows}\n"
+
+
+def torchrun(module: str, nproc: int, args: list[str]) -> int:
+    """Run `python -m module args` on `nproc` local ranks; --standalone picks a free port, so
+    two jobs on one node never collide."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", "-m", module, *args]  # fmt: skip
     return subprocess.call(cmd)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
+        print(usage())
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
-    if command == "smoke":
-        return _torchrun("megatron_chimed.smoke", 2, rest)
-    if command == "pipeline":
-        # Until the stages land, the pipeline is the TP=2 smoke run of the tiny model.
-        rest = [o for o in rest if not o.startswith(("experiment=", "run_dir="))]
-        return _torchrun("megatron_chimed.smoke", 2, ["parallel=tp2_cpu", *rest])
-    print(f"chimed: unknown command {command!r}\n{USAGE}", file=sys.stderr)
-    return 2
+    if command not in COMMANDS:
+        print(f"chimed: unknown command {command!r}\n{usage()}", file=sys.stderr)
+        return 2
+    if command in UNDER_TORCHRUN:
+        from megatron_chimed.config import load
+
+        return torchrun(COMMANDS[command][0], _world_for(load(rest)), rest)
+    return int(importlib.import_module(COMMANDS[command][0]).main(rest) or 0)
+
+
+def _world_for(cfg) -> int:
+    """Ranks on this node: the launcher's, or one TP group."""
+    return cfg.launcher.nproc_per_node if cfg.launcher.kind == "torchrun" else (
+        cfg.parallel.tensor_model_parallel_size
+    )
 
 
 if __name__ == "__main__":

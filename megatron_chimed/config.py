@@ -3,13 +3,16 @@
 Each group has its dataclass next to the component it configures (ModelConfig in model/,
 LauncherConfig in launch/ ...); `RunConfig` only assembles them. Validation merges the composed
 YAML into the structured schema, so an unknown key or a wrong type fails at start, naming the
-key, instead of days into a run.
+key, instead of days into a run. `data` and `eval` have one shape per stage / task kind: they are
+checked against the selected stage's data schema and the task kind's known keys.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +22,21 @@ from omegaconf.errors import OmegaConfBaseException
 from megatron_chimed.launch.config import LauncherConfig
 from megatron_chimed.model.builder import ParallelConfig
 from megatron_chimed.model.config import ModelConfig
+from megatron_chimed.pipeline.config import PipelineConfig
 from megatron_chimed.training.checkpointing import CheckpointConfig
 from megatron_chimed.training.loop import TrainingConfig
 from megatron_chimed.training.optim import OptimConfig
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 PRECISIONS = ("fp32", "bf16", "fp16")
+# The dataclass each stage merges its `data` group into ("module:Class"); a new stage adds a row.
+DATA_SCHEMAS = {
+    "cpt": "megatron_chimed.data.pretrain:PretrainDataConfig",
+    "sft": "megatron_chimed.data.sft.config:SFTDataConfig",
+    "rm": "megatron_chimed.reward.stage:RewardStageConfig",
+    "rs": "megatron_chimed.rejection_sampling.config:RSConfig",
+}
+SUITE_KEYS = {"name", "seeds", "tasks"}
 
 
 @dataclass
@@ -41,6 +53,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     data: Any = None  # the stage's data group; each stage validates its own (cpt: data/pretrain)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)  # `chimed pipeline` only
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -51,26 +64,78 @@ class ConfigError(ValueError):
     """A config that cannot work; the message names the key."""
 
 
-def validate(cfg: DictConfig | dict) -> RunConfig:
-    """Merge a composed config into the typed schema; raise ConfigError naming the key."""
+def _typed(schema: type, node: Any, prefix: str = "") -> Any:
+    """`node` merged into the dataclass `schema`; ConfigError naming `prefix` + the key."""
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(RunConfig), cfg)
-        run: RunConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
     except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None)
+        key = prefix + str(getattr(err, "full_key", None) or "")
         detail = str(getattr(err, "msg", err)).splitlines()[0]
         raise ConfigError(f"config key {key!r}: {detail}") from err
-    except ValueError as err:
+    except ValueError as err:  # a __post_init__ check; its message names the key
         raise ConfigError(str(err)) from err
+
+
+def _check_data(stage: str | None, data: Any) -> None:
+    """Types and keys only: the files are checked when the stage opens them."""
+    if stage in DATA_SCHEMAS and data is not None:
+        module, _, name = DATA_SCHEMAS[stage].partition(":")
+        _typed(getattr(importlib.import_module(module), name), data, "data.")
+
+
+@cache
+def eval_task_keys() -> dict[str, frozenset[str]]:
+    """Keys each eval task kind reads: those its files in conf/eval/ set (the tasks read the
+    config with .get() and defaults, so a misspelt key would silently be the default)."""
+    keys: dict[str, set[str]] = {}
+    for path in sorted((CONF_DIR / "eval").glob("*.yaml")):
+        task = OmegaConf.load(path)
+        if "task" in task:
+            keys.setdefault(str(task.task), set()).update(str(k) for k in task)
+    return {kind: frozenset(names) for kind, names in keys.items()}
+
+
+def _check_eval_task(task: Any, where: str) -> None:
+    known = eval_task_keys()
+    kind = task.get("task")
+    if kind not in known:
+        raise ConfigError(f"config key '{where}.task': {kind!r} is not one of {sorted(known)}")
+    for key in task:
+        if key not in known[kind]:
+            raise ConfigError(f"config key '{where}.{key}': not a key of {kind} eval tasks")
+
+
+def _check_eval(node: Any) -> None:
+    if node is None:
+        return
+    if "tasks" not in node:
+        _check_eval_task(node, "eval")
+        return
+    for key in node:
+        if key not in SUITE_KEYS:
+            raise ConfigError(f"config key 'eval.{key}': not a suite key {sorted(SUITE_KEYS)}")
+    for name, task in node.tasks.items():
+        _check_eval_task(task, f"eval.tasks.{name}")
+
+
+def validate(cfg: DictConfig | dict) -> RunConfig:
+    """Merge a composed config into the typed schema; raise ConfigError naming the key."""
+    run: RunConfig = _typed(RunConfig, cfg)
+    node = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
+    _check_data(run.stage, node.get("data"))
+    _check_eval(node.get("eval"))
     return run
 
 
-def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
-    """Compose `conf/` with Hydra overrides, outside of a @hydra.main app (tests, tools)."""
+def compose(
+    overrides: Sequence[str] = (), config_name: str = "config", conf_dir: Path | None = None
+) -> DictConfig:
+    """Compose `conf/` (or `conf_dir`) with Hydra overrides, outside of a @hydra.main app."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    directory = Path(conf_dir or CONF_DIR).resolve()
+    with initialize_config_dir(config_dir=str(directory), version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=list(overrides))
 
 

@@ -10,11 +10,16 @@ Exits 0 after a preemption checkpoint (SIGTERM / SIGUSR1), so the Slurm job can 
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from pathlib import Path
 
 from megatron_chimed.checkpoint import layout
+
+# Stages that are not one run of the training loop: "module:function", called as
+# function(cfg, tokenizer_dir) -> status, under the same launch (torchrun, Slurm) as the rest.
+ORCHESTRATORS: dict[str, str] = {"rs": "megatron_chimed.rejection_sampling:run"}
 
 
 def tokenizer_dir(cfg) -> Path:
@@ -43,7 +48,8 @@ def main(argv: list[str]) -> int:
     cfg = config.load(argv)
     if not cfg.stage:
         raise config.ConfigError("no stage selected: add stage=cpt (or sft, rm, rs)")
-    stage_cls = stage_class(cfg.stage)
+    orchestrator = ORCHESTRATORS.get(cfg.stage)
+    stage_cls = None if orchestrator else stage_class(cfg.stage)
     initialize(cfg.parallel.tensor_model_parallel_size, cfg.seed)
     import torch.distributed as dist
 
@@ -52,10 +58,15 @@ def main(argv: list[str]) -> int:
         format="%(asctime)s %(message)s",
     )
     tokenizer = tokenizer_dir(cfg)
-    state = train(cfg, stage_cls(cfg, ZiyaTokenizer(tokenizer)), tokenizer)
-    logging.getLogger(__name__).info(
-        "%s at iteration %d (%d samples)", state.status, state.iteration, state.consumed_samples
-    )
+    if orchestrator:
+        module, _, attr = orchestrator.partition(":")
+        status = getattr(importlib.import_module(module), attr)(cfg, tokenizer)
+        logging.getLogger(__name__).info("stage %s: %s", cfg.stage, status)
+    else:
+        state = train(cfg, stage_cls(cfg, ZiyaTokenizer(tokenizer)), tokenizer)
+        logging.getLogger(__name__).info(
+            "%s at iteration %d (%d samples)", state.status, state.iteration, state.consumed_samples
+        )
     destroy()
     return 0
 

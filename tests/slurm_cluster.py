@@ -10,6 +10,7 @@ PIDs in their pid files, never by name, so a cluster of someone else is left alo
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -46,10 +47,17 @@ def ensure_slurm_installed() -> str | None:
 
 
 def free_port() -> int:
-    """A TCP port free on loopback now (for torchrun's --master_port)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port free now for torchrun's --master_port, below the ephemeral range (32768+):
+    the job binds it seconds later, and an ephemeral port may meanwhile be taken by any outgoing
+    connection on this busy machine (gloo opens many): seen as EADDRINUSE in a job."""
+    for port in random.sample(range(20000, 32000), 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("", port))  # all addresses, as torchrun's store binds
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free TCP port in 20000-31999")
 
 
 def _port_in_use(addr: str, port: int) -> bool:

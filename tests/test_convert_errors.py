@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from megatron_chimed.convert import hf_to_megatron, megatron_to_hf
 from megatron_chimed.convert.hf_folder import HFCheckpoint
@@ -90,11 +91,11 @@ def test_failure_midway_leaves_the_previous_output(
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
     calls = []
 
-    def failing_read(self: HFCheckpoint, key: str) -> None:
+    def failing_read(self: HFCheckpoint, key: str, out: torch.Tensor | None = None) -> None:
         calls.append(key)
         if len(calls) == 5:
             raise OSError("disk went away")
-        return original(self, key)
+        return original(self, key, out)
 
     original = HFCheckpoint.read
     monkeypatch.setattr(HFCheckpoint, "read", failing_read)

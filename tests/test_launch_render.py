@@ -145,6 +145,14 @@ def test_submit_dry_run() -> None:
     assert out.split() == [sys.executable, "-m", "megatron_chimed.train", "run_dir=/r"]
 
 
+def test_submit_refuses_a_bad_trainer_config_before_queueing() -> None:
+    done = subprocess.run([sys.executable, str(REPO / "launch" / "submit.py"), "launcher=slurm",
+                           "run_dir=/r", "+optim.l_r=1", "--dry-run"],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.splitlines()[-1].startswith("submit.py: config key 'optim.l_r'")
+
+
 FAKE_SRUN = """#!/bin/bash
 # Stand-in for srun: records its arguments and, like the ranks, exits 0 at USR1.
 echo "$@" > "$FAKE_DIR/srun.args"

@@ -1,14 +1,17 @@
 """Read a HF LLaMA-family folder one tensor at a time, after checking it completely.
 
-`.bin` shards are opened with `torch.load(weights_only=True, mmap=True)` and safetensors with
-`safe_open`; either way a shard stays mapped only while one tensor is copied out of it, because
-pages of a file mapping that stay mapped count in the process's RSS, and a 26 GB model read
-through long-lived mappings would look (and, under memory pressure, behave) like 26 GB of RAM.
+safetensors are read with plain file reads at the byte ranges their header gives, straight into
+the caller's (reused) tensor: no mapping, so no file pages counted in RSS, and no fresh memory
+to fault in. `.bin` shards are opened with `torch.load(weights_only=True, mmap=True)` and stay
+mapped only while one tensor is copied out, because pages of a file mapping that stay mapped
+count in the process's RSS: a 26 GB model read through long-lived mappings would look (and,
+under memory pressure, behave) like 26 GB of RAM.
 """
 
 from __future__ import annotations
 
 import json
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +70,7 @@ class TensorInfo:
     file: Path
     shape: tuple[int, ...]
     dtype: torch.dtype
+    offset: int | None = None  # where the bytes start in a safetensors file
 
 
 class HFCheckpoint:
@@ -112,13 +116,7 @@ class HFCheckpoint:
         infos: dict[str, TensorInfo] = {}
         for path in paths:
             if path.suffix == ".safetensors":
-                from safetensors import safe_open
-
-                with safe_open(str(path), "pt") as f:
-                    for key in f.keys():
-                        part = f.get_slice(key)
-                        dtype = _SAFETENSORS_DTYPES[part.get_dtype()]
-                        infos[key] = TensorInfo(path, tuple(part.get_shape()), dtype)
+                infos.update(_safetensors_infos(path))
             else:
                 shard = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
                 for key, t in shard.items():
@@ -157,20 +155,55 @@ class HFCheckpoint:
         entry = self.mapping.before_layers[0]
         return self.tensors[self.mapping.hf_names(entry, None)[0]].dtype
 
-    def read(self, key: str) -> torch.Tensor:
-        """One tensor, copied out of its shard, which is closed again before returning."""
-        path = self.tensors[key].file
-        if path.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(path), "pt") as f:
-                return f.get_tensor(key)
-        shard = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return shard[key].clone()
+    def read(self, key: str, out: torch.Tensor | None = None) -> torch.Tensor:
+        """One tensor, copied out of its shard (into `out` if given: contiguous, same shape and
+        dtype), the shard closed again before returning."""
+        info = self.tensors[key]
+        if out is None:
+            out = torch.empty(info.shape, dtype=info.dtype)
+        if info.offset is not None:
+            view = out.reshape(-1).view(torch.uint8).numpy()
+            with open(info.file, "rb", buffering=0) as f:
+                f.seek(info.offset)
+                done = 0
+                while done < len(view):  # readinto may return less than asked
+                    got = f.readinto(view[done:])
+                    if not got:
+                        raise ValueError(f"{info.file}: truncated in tensor {key!r}")
+                    done += got
+            return out
+        shard = torch.load(info.file, map_location="cpu", weights_only=True, mmap=True)
+        return out.copy_(shard[key])
 
     def nbytes(self, key: str) -> int:
         info = self.tensors[key]
         return info.dtype.itemsize * int(torch.Size(info.shape).numel())
+
+
+def _safetensors_infos(path: Path) -> dict[str, TensorInfo]:
+    """Shapes, dtypes and byte offsets from a safetensors header: an 8-byte little-endian
+    length, then that many bytes of JSON; tensor data follows, at offsets relative to it."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            raise ValueError(f"{path}: not a safetensors file (too short)")
+        (length,) = struct.unpack("<Q", head)
+        try:
+            header = json.loads(f.read(length))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path}: not a safetensors file (bad header: {err})") from None
+    header.pop("__metadata__", None)
+    infos = {}
+    for key, meta in header.items():
+        if meta["dtype"] not in _SAFETENSORS_DTYPES:
+            raise ValueError(f"{path}: tensor {key!r} has unsupported dtype {meta['dtype']}")
+        infos[key] = TensorInfo(
+            path,
+            tuple(meta["shape"]),
+            _SAFETENSORS_DTYPES[meta["dtype"]],
+            8 + length + meta["data_offsets"][0],
+        )
+    return infos
 
 
 _SAFETENSORS_DTYPES = {

@@ -17,10 +17,15 @@ import torch
 from tqdm import tqdm
 
 from megatron_chimed.checkpoint.layout import iteration_dir, write_latest, write_metadata
+from megatron_chimed.convert.buffers import Buffer, nbytes
 from megatron_chimed.convert.hf_folder import HFCheckpoint
 from megatron_chimed.convert.mapping import Entry
 from megatron_chimed.convert.staging import check_output, staged_output
-from megatron_chimed.convert.streaming_save import placeholder, save_streaming, single_process_group
+from megatron_chimed.convert.streaming_save import (
+    Placeholders,
+    save_streaming,
+    single_process_group,
+)
 from megatron_chimed.convert.tokenizer_files import check_tokenizer, copy_tokenizer
 
 # The names the converter writes are the TE spec's; megatron-core's local spec saves and loads
@@ -39,6 +44,10 @@ def megatron_sharded_state_dict(
     layers = model.num_layers
     sharded: dict = {}
     producers = {}
+    work = _workspace(hf)
+    placeholder = Placeholders(
+        [(entry.megatron_shape(model), dtype) for entry, _ in mapping.entries(model)]
+    )
     for entry, layer in mapping.entries(model):
         key = mapping.checkpoint_key(entry, layer)
         shape = entry.megatron_shape(model)
@@ -57,16 +66,44 @@ def megatron_sharded_state_dict(
             sharded[f"{module_key}.{layer}"] = ShardedObject(
                 module_key, None, (layers,), (layer,), replica_id=0
             )
-        producers[(key, offset)] = partial(_produce, hf, entry, layer, dtype, on_tensor)
+        producers[(key, offset)] = partial(_produce, hf, entry, layer, dtype, on_tensor, work)
     return sharded, producers
 
 
+def _workspace(hf: HFCheckpoint) -> tuple[Buffer, Buffer]:
+    """A buffer for the HF parts of the largest entry and one for its megatron tensor.
+
+    Reuse is safe because PyTorch's serial writer saves each tensor before asking for the next.
+    """
+    mapping, model = hf.mapping, hf.model
+    read = build = 0
+    for entry, layer in mapping.entries(model):
+        read = max(read, sum(hf.nbytes(name) for name in mapping.hf_names(entry, layer)))
+        first = hf.tensors[mapping.hf_names(entry, layer)[0]].dtype
+        build = max(build, nbytes(entry.megatron_shape(model), first))
+    return Buffer(read), Buffer(build)
+
+
 def _produce(
-    hf: HFCheckpoint, entry: Entry, layer: int | None, dtype: torch.dtype, bar: tqdm
+    hf: HFCheckpoint,
+    entry: Entry,
+    layer: int | None,
+    dtype: torch.dtype,
+    bar: tqdm,
+    work: tuple[Buffer, Buffer],
 ) -> torch.Tensor:
+    read, build = work
     names = hf.mapping.hf_names(entry, layer)
-    tensor = entry.to_megatron([hf.read(name) for name in names], hf.model).to(dtype)
-    bar.update(sum(hf.nbytes(name) for name in names))
+    parts, offset = [], 0
+    for name in names:
+        info = hf.tensors[name]
+        parts.append(hf.read(name, read.tensor(info.shape, info.dtype, offset)))
+        offset += hf.nbytes(name)
+    out = build.tensor(entry.megatron_shape(hf.model), parts[0].dtype)
+    tensor = entry.to_megatron(parts, hf.model, out)
+    if tensor.dtype != dtype:
+        tensor = tensor.to(dtype)
+    bar.update(offset)
     return tensor
 
 

@@ -65,10 +65,18 @@ class Direct:
     def megatron_shape(self, cfg: ModelConfig) -> tuple[int, ...]:
         return _shape(self.shape, cfg)
 
-    def to_megatron(self, hf: list[torch.Tensor], cfg: ModelConfig) -> torch.Tensor:
+    def to_megatron(
+        self, hf: list[torch.Tensor], cfg: ModelConfig, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`out`, when given, is where the result may be built (a reused buffer); a rename
+        returns its input as is."""
         return hf[0]
 
-    def to_hf(self, tensor: torch.Tensor, cfg: ModelConfig) -> list[torch.Tensor]:
+    def to_hf(
+        self, tensor: torch.Tensor, cfg: ModelConfig, out: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        """Views of `tensor` where possible; parts that need a copy are built in `out` (as
+        many bytes as `tensor`, e.g. a reused buffer) when given."""
         return [tensor]
 
     def tp_shard(self, full: torch.Tensor, rank: int, size: int, cfg: ModelConfig) -> torch.Tensor:
@@ -85,10 +93,14 @@ class VocabRows(Direct):
     def megatron_shape(self, cfg: ModelConfig) -> tuple[int, ...]:
         return _shape(("padded_vocab", "hidden"), cfg)
 
-    def to_megatron(self, hf: list[torch.Tensor], cfg: ModelConfig) -> torch.Tensor:
-        return _pad_rows(hf[0], cfg.padded_vocab_size(1))
+    def to_megatron(
+        self, hf: list[torch.Tensor], cfg: ModelConfig, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return _pad_rows(hf[0], cfg.padded_vocab_size(1), out)
 
-    def to_hf(self, tensor: torch.Tensor, cfg: ModelConfig) -> list[torch.Tensor]:
+    def to_hf(
+        self, tensor: torch.Tensor, cfg: ModelConfig, out: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
         return [tensor[: cfg.vocab_size]]
 
     def tp_shard(self, full: torch.Tensor, rank: int, size: int, cfg: ModelConfig) -> torch.Tensor:
@@ -97,8 +109,12 @@ class VocabRows(Direct):
         return padded.chunk(size, dim=0)[rank]
 
 
-def _pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
-    return torch.nn.functional.pad(tensor, (0, 0, 0, rows - tensor.shape[0]))
+def _pad_rows(tensor: torch.Tensor, rows: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    # Not F.pad: it zero-fills the whole output first, and cannot build into `out`.
+    padded = torch.empty((rows, *tensor.shape[1:]), dtype=tensor.dtype) if out is None else out
+    padded[: tensor.shape[0]].copy_(tensor)
+    padded[tensor.shape[0] :].zero_()
+    return padded
 
 
 @dataclass(frozen=True)
@@ -128,15 +144,29 @@ class FusedQKV:
         heads_per_group = cfg.num_attention_heads // cfg.num_query_groups
         return [heads_per_group * cfg.head_dim, cfg.head_dim, cfg.head_dim]
 
-    def to_megatron(self, hf: list[torch.Tensor], cfg: ModelConfig) -> torch.Tensor:
+    def to_megatron(
+        self, hf: list[torch.Tensor], cfg: ModelConfig, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         groups = cfg.num_query_groups
         per_group = [t.reshape(groups, -1, t.shape[-1]) for t in hf]
-        return torch.cat(per_group, dim=1).reshape(-1, hf[0].shape[-1])
+        if out is None:
+            return torch.cat(per_group, dim=1).reshape(-1, hf[0].shape[-1])
+        torch.cat(per_group, dim=1, out=out.view(groups, -1, out.shape[-1]))
+        return out
 
-    def to_hf(self, tensor: torch.Tensor, cfg: ModelConfig) -> list[torch.Tensor]:
+    def to_hf(
+        self, tensor: torch.Tensor, cfg: ModelConfig, out: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
         grouped = tensor.reshape(cfg.num_query_groups, -1, tensor.shape[-1])
         parts = grouped.split(self._group_rows(cfg), dim=1)
-        return [p.reshape(-1, tensor.shape[-1]) for p in parts]
+        if out is None:
+            return [p.reshape(-1, tensor.shape[-1]) for p in parts]
+        flat, start, result = out.reshape(-1), 0, []
+        for part in parts:  # q, k, v one after the other in `out`
+            dest = flat[start : start + part.numel()].view(part.shape)
+            result.append(dest.copy_(part).view(-1, tensor.shape[-1]))
+            start += part.numel()
+        return result
 
     def tp_shard(self, full: torch.Tensor, rank: int, size: int, cfg: ModelConfig) -> torch.Tensor:
         return full.chunk(size, dim=0)[rank]
@@ -162,10 +192,14 @@ class GatedMLP:
     def megatron_shape(self, cfg: ModelConfig) -> tuple[int, ...]:
         return _shape(("fc1", "hidden"), cfg)
 
-    def to_megatron(self, hf: list[torch.Tensor], cfg: ModelConfig) -> torch.Tensor:
-        return torch.cat(hf, dim=0)
+    def to_megatron(
+        self, hf: list[torch.Tensor], cfg: ModelConfig, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return torch.cat(hf, dim=0) if out is None else torch.cat(hf, dim=0, out=out)
 
-    def to_hf(self, tensor: torch.Tensor, cfg: ModelConfig) -> list[torch.Tensor]:
+    def to_hf(
+        self, tensor: torch.Tensor, cfg: ModelConfig, out: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
         return list(tensor.chunk(2, dim=0))
 
     def tp_shard(self, full: torch.Tensor, rank: int, size: int, cfg: ModelConfig) -> torch.Tensor:

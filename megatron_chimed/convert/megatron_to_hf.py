@@ -1,4 +1,4 @@
-"""Megatron dist checkpoint -> HF safetensors folder, one layer in RAM at a time.
+"""Megatron dist checkpoint -> HF safetensors folder, one tensor in RAM at a time.
 
 Works on converted and trained checkpoints alike (only the model weights are read; optimizer
 state is ignored). Vocab padding is trimmed back to the model's true vocabulary.
@@ -6,7 +6,6 @@ state is ignored). Vocab padding is trimmed back to the model's true vocabulary.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 from collections.abc import Iterator
@@ -16,7 +15,9 @@ import torch
 from tqdm import tqdm
 
 from megatron_chimed.checkpoint.layout import METADATA, TOKENIZER, read_metadata, resolve
-from megatron_chimed.convert.mapping import Entry, ModelMapping, mapping_for
+from megatron_chimed.convert.buffers import Buffer
+from megatron_chimed.convert.dcp_reader import CheckpointReader, largest_tensor
+from megatron_chimed.convert.mapping import ModelMapping, mapping_for
 from megatron_chimed.convert.safetensors_writer import Plan, write_safetensors_shards
 from megatron_chimed.convert.staging import check_output, staged_output
 from megatron_chimed.convert.streaming_save import single_process_group
@@ -58,46 +59,22 @@ def _check_stored(
     return stored[mapping.checkpoint_key(mapping.before_layers[0], None)].dtype
 
 
-def _load_group(
-    ckpt_dir: Path, stored: dict, mapping: ModelMapping, group: list[tuple[Entry, int | None]]
-) -> dict[str, torch.Tensor]:
-    """One layer's (or the non-layer) tensors, read from the checkpoint in one request."""
-    from megatron.core import dist_checkpointing
-    from megatron.core.dist_checkpointing import ShardedTensor
-
-    request = {}
-    for entry, layer in group:
-        key = mapping.checkpoint_key(entry, layer)
-        meta = stored[key]
-        if layer is None:
-            data = torch.empty(meta.global_shape, dtype=meta.dtype)
-            request[key] = ShardedTensor.from_rank_offsets(key, data, replica_id=0)
-        else:
-            # Slice `layer` of the stacked tensor, as a plain (not prepended) axis: megatron's
-            # prepended-axis path assumes a complete grid of shards, not one layer of it.
-            data = torch.empty((1, *meta.global_shape[1:]), dtype=meta.dtype)
-            request[key] = ShardedTensor.from_rank_offsets(
-                key, data, (0, layer, meta.global_shape[0]), replica_id=0
-            )
-    # Only this group is asked for, so megatron's "every shard read once" check does not apply.
-    loaded = dist_checkpointing.load(
-        {"model": request}, str(ckpt_dir), validate_access_integrity=False
-    )["model"]
-    return {
-        key: t[0] if key.startswith(mapping.megatron_layer_prefix) else t
-        for key, t in loaded.items()
-    }
-
-
 def _hf_tensors(
-    ckpt_dir: Path, stored: dict, mapping: ModelMapping, model: ModelConfig, dtype: torch.dtype
+    ckpt_dir: Path, mapping: ModelMapping, model: ModelConfig, dtype: torch.dtype
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    for _, group in itertools.groupby(mapping.entries(model), key=lambda item: item[1]):
-        group = list(group)
-        loaded = _load_group(ckpt_dir, stored, mapping, group)
-        for entry, layer in group:
-            parts = entry.to_hf(loaded.pop(mapping.checkpoint_key(entry, layer)), model)
-            yield from zip(mapping.hf_names(entry, layer), (p.to(dtype) for p in parts))
+    """Each HF tensor in file order, built in one reused buffer: each is written out before the
+    next is read, so RSS holds about one tensor whatever the model size."""
+    reader = CheckpointReader(ckpt_dir)
+    keys = [
+        (mapping.checkpoint_key(e, layer), layer is not None) for e, layer in mapping.entries(model)
+    ]
+    size = largest_tensor(reader, keys)
+    out, scratch = Buffer(size), Buffer(size)
+    for entry, layer in mapping.entries(model):
+        tensor = reader.read(mapping.checkpoint_key(entry, layer), layer, out, scratch)
+        # `scratch` is free again once the read is done: to_hf may build parts in it.
+        parts = entry.to_hf(tensor, model, scratch.tensor(tensor.shape, tensor.dtype))
+        yield from zip(mapping.hf_names(entry, layer), (p.to(dtype) for p in parts))
 
 
 def _counted(tensors: Iterator[tuple[str, torch.Tensor]], bar: tqdm) -> Iterator:
@@ -144,7 +121,7 @@ def megatron_to_hf(
             ) as bar,
             staged_output(out, overwrite) as tmp,
         ):
-            tensors = _hf_tensors(ckpt_dir, stored, mapping, model, dtype)
+            tensors = _hf_tensors(ckpt_dir, mapping, model, dtype)
             write_safetensors_shards(tmp, plan, _counted(tensors, bar), max_shard_bytes)
             config = metadata.get("hf_config") or hf_config(model, "")
             config["torch_dtype"] = str(dtype).removeprefix("torch.")

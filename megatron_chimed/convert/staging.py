@@ -1,5 +1,10 @@
 """An output folder that appears complete or not at all: written under a temporary name beside
-it and renamed at the end, so a failed or killed conversion leaves no half-written model."""
+it and renamed at the end, so a failed or killed conversion leaves no half-written model.
+
+Files inside are written without fsync (an fsync per file stalls the writer until that file is
+on disk); the whole folder is flushed once just before the rename instead, by which time the
+kernel has written most of it back in the background. So after a crash, even of the machine,
+the final name holds either nothing or complete files."""
 
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ def staged_output(out: str | os.PathLike, overwrite: bool = False) -> Iterator[P
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
     try:
         yield tmp
+        _flush(tmp)
         old = None
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
@@ -39,3 +45,13 @@ def staged_output(out: str | os.PathLike, overwrite: bool = False) -> Iterator[P
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _flush(folder: Path) -> None:
+    """fsync every file under `folder`, then the folders themselves (their entries)."""
+    for path in sorted(folder.rglob("*"), reverse=True) + [folder]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -1,17 +1,21 @@
 """Write a megatron dist checkpoint (torch_dist) whose tensors are produced one at a time.
 
 `dist_checkpointing.save` with megatron's own writer resolves every tensor before writing the
-first byte, so it needs the whole model in RAM. Here each ShardedTensor carries a zero-byte
-placeholder of the right shape and dtype (a stride-0 expansion of one element), and the save
-planner calls a producer for the real tensor only when PyTorch's serial FileSystemWriter asks
-for it: one tensor is alive at a time. Everything else (keys, common.pt, metadata.json, the
-planner that records megatron's metadata) is megatron's, so the result is exactly what
-`dist_checkpointing.load` reads.
+first byte, so it needs the whole model in RAM. Here each ShardedTensor carries a placeholder
+of the right shape and dtype that is never touched, and the save planner calls a producer for
+the real tensor only when PyTorch's serial FileSystemWriter asks for it: one tensor is alive at
+a time. Everything else (keys, metadata, the planner that records megatron's metadata) is
+megatron's, so the result is exactly what `dist_checkpointing.load` reads.
+
+Speed: files are not fsynced one by one (the caller flushes the whole folder once before its
+atomic rename, `staging.py`), so the kernel writes back while the next tensor is built, and
+torch.save skips its CRC32 pass (torch.load never checks it; DCP has no checksums either).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,9 +25,33 @@ import torch.distributed as dist
 Producer = Callable[[], torch.Tensor]
 
 
-def placeholder(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """A tensor with this shape and dtype that owns a single element of memory."""
-    return torch.zeros((), dtype=dtype).expand(shape)
+class Placeholders:
+    """Contiguous tensors of any shape that cost no RAM: views of one never-written buffer.
+
+    Megatron makes every non-contiguous ShardedTensor contiguous before saving (a stride-0
+    expansion would become a real zero-filled tensor: the whole model in RAM), so placeholders
+    must be contiguous. The shared buffer is `torch.empty`: its pages are reserved, not touched,
+    so they never count in RSS, and one buffer the size of the largest tensor serves all.
+    """
+
+    def __init__(self, shapes: list[tuple[tuple[int, ...], torch.dtype]]) -> None:
+        largest = max(math.prod(shape) * dtype.itemsize for shape, dtype in shapes)
+        self.buffer = torch.empty(largest, dtype=torch.uint8)
+
+    def __call__(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        nbytes = math.prod(shape) * dtype.itemsize
+        return self.buffer[:nbytes].view(dtype).view(shape)
+
+
+@contextlib.contextmanager
+def no_crc32() -> Iterator[None]:
+    """torch.save without its CRC32 pass over every byte (nothing reads it back)."""
+    before = torch.serialization.get_crc32_options()
+    torch.serialization.set_crc32_options(False)
+    try:
+        yield
+    finally:
+        torch.serialization.set_crc32_options(before)
 
 
 def _strategy(producers: dict[tuple[str, tuple[int, ...]], Producer]):  # noqa: ANN202
@@ -68,8 +96,12 @@ def _strategy(producers: dict[tuple[str, tuple[int, ...]], Producer]):  # noqa: 
                 mcore_to_pyt_state_dict(by_key, False),
                 # One thread: PyTorch's serial loader resolves items one by one. One file per
                 # tensor: the writer keeps every tensor of a file alive until that file closes.
+                # No fsync per file: the caller flushes the folder once before renaming it.
                 storage_writer=FileSystemWriter(
-                    str(checkpoint_dir), thread_count=1, single_file_per_rank=False
+                    str(checkpoint_dir),
+                    thread_count=1,
+                    single_file_per_rank=False,
+                    sync_files=False,
                 ),
                 planner=StreamingPlanner(
                     self.producers, flatten_state_dict=False, flatten_sharded_tensors=False
@@ -94,7 +126,8 @@ def save_streaming(
 
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     try:
-        dist_checkpointing.save(sharded_state_dict, str(checkpoint_dir), _strategy(producers))
+        with no_crc32():
+            dist_checkpointing.save(sharded_state_dict, str(checkpoint_dir), _strategy(producers))
     except CheckpointException as err:
         # A BaseException wrapping each rank's error: re-raise ours (one rank) as itself.
         original, _ = next(iter(err.failures.values()))

@@ -134,9 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     eval_config(cfg)  # fail on a missing task before starting any process
     nproc = processes(cfg, kind)
     if "LOCAL_RANK" not in os.environ and nproc > 1:
-        from megatron_chimed.cli import _torchrun
+        from megatron_chimed.cli import torchrun
 
-        return _torchrun("megatron_chimed.eval.cli", nproc, argv)
+        return torchrun("megatron_chimed.eval.cli", nproc, argv)
     result = evaluate_hf(cfg, path) if kind == "hf" else evaluate_megatron(cfg, path)
     if "files" in result:
         print(f"chimed eval: wrote {result['files']['json']} and {result['files']['markdown']}")

@@ -14,7 +14,6 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 KINDS = ("local", "torchrun", "slurm")
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def _default_gpu_env() -> dict[str, str]:
@@ -97,42 +96,22 @@ def to_launcher_config(node: DictConfig | dict) -> LauncherConfig:
     return OmegaConf.to_object(merged)  # type: ignore[return-value]
 
 
-def _key(override: str) -> str:
-    return override.lstrip("+~").split("=", 1)[0]
-
-
-def is_launcher_override(override: str) -> bool:
-    key = _key(override)
-    return key == "launcher" or key.startswith("launcher.")
-
-
-def override_value(overrides: Sequence[str], key: str) -> str | None:
-    """The value of the last `key=value` among the overrides, if any."""
-    found = [o.split("=", 1)[1] for o in overrides if "=" in o and _key(o) == key]
-    return found[-1] if found else None
-
-
 def compose_launcher(
-    overrides: Sequence[str], conf_dir: Path = CONF_DIR, config_name: str = "config"
+    overrides: Sequence[str],
+    conf_dir: Path | None = None,
+    config_name: str = "config",
+    check_all: bool = False,
 ) -> tuple[LauncherConfig, str | None]:
-    """Compose the Hydra config and return (launcher config, run_dir or None).
+    """Compose the Hydra config (megatron_chimed.config.compose); return (launcher, run_dir).
 
-    With the primary config `conf_dir/config_name.yaml` present, the whole config is composed
-    (so experiments may set launcher values); otherwise only the launcher group is.
+    The launcher group is always validated; `check_all` validates the whole run config too, so
+    that a typo fails at submission instead of when the job starts after hours in the queue.
     """
-    from hydra import compose, initialize_config_dir
+    # Imported here: megatron_chimed.config imports this module for LauncherConfig.
+    from megatron_chimed import config
 
-    with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base=None):
-        if (Path(conf_dir) / f"{config_name}.yaml").exists():
-            cfg = compose(config_name=config_name, overrides=list(overrides))
-            run_dir = cfg.get("run_dir")
-            node = cfg.get("launcher") or {}
-        else:
-            own = [o for o in overrides if is_launcher_override(o)]
-            # Without a defaults list the group must be added (`+launcher=...`), not overridden.
-            own = [f"+{o}" if o.startswith("launcher=") else o for o in own]
-            if not any(o.startswith("+launcher=") for o in own):
-                own.insert(0, "+launcher=local")
-            node = compose(config_name=None, overrides=own).launcher
-            run_dir = override_value(overrides, "run_dir")
-    return to_launcher_config(node), (str(run_dir) if run_dir else None)
+    cfg = config.compose(overrides, config_name, conf_dir)
+    if check_all:
+        config.validate(cfg)
+    run_dir = cfg.get("run_dir")
+    return to_launcher_config(cfg.get("launcher") or {}), (str(run_dir) if run_dir else None)

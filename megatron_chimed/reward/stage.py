@@ -99,6 +99,8 @@ class RankedDataset(torch.utils.data.Dataset):
 
 
 class RewardStage(Stage):
+    hf_architecture = "LlamaForSequenceClassification"
+
     def __init__(self, cfg: RunConfig, tokenizer: ZiyaTokenizer) -> None:
         super().__init__(cfg, tokenizer)
         merged = OmegaConf.merge(OmegaConf.structured(RewardStageConfig), cfg.data or {})

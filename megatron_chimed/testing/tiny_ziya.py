@@ -34,7 +34,7 @@ TINY = ModelConfig(
     num_query_groups=4,
     ffn_hidden_size=176,
     vocab_size=SP_PIECES + 2,
-    max_position_embeddings=256,
+    max_position_embeddings=1024,  # room for 5-shot evaluation prompts
 )
 
 

@@ -49,6 +49,9 @@ ForwardStepResult = tuple[torch.Tensor, Callable[[torch.Tensor], tuple]]
 class Stage:
     """Base class: a stage supplies its data, its forward step and optionally its model."""
 
+    # The HF class its checkpoints export to (megatron_chimed/convert/mapping.py).
+    hf_architecture = "LlamaForCausalLM"
+
     def __init__(self, cfg: RunConfig, tokenizer: ZiyaTokenizer) -> None:
         self.cfg, self.tokenizer = cfg, tokenizer
 

@@ -1,0 +1,1 @@
+"""`chimed pipeline`: the paper's whole training regime, one stage after another."""

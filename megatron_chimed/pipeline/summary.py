@@ -1,0 +1,104 @@
+"""`summary.md` (stage, steps, final loss or accuracy, time) and `loss_curves.png` of a run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from megatron_chimed.checkpoint.layout import atomic_write_text
+from megatron_chimed.pipeline.steps import read_marker
+
+TRAINING_STEPS = ("cpt", "sft", "rm", "rs")
+
+
+def read_metrics(path: Path) -> dict[str, dict[int, dict[str, Any]]]:
+    """metrics.jsonl as {split: {iteration: record}}; a resumed run repeats some iterations,
+    and the last record of an iteration is the one that counts."""
+    out: dict[str, dict[int, dict[str, Any]]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            record = json.loads(line)
+            out.setdefault(record["split"], {})[record["iteration"]] = record
+    return out
+
+
+def stage_metrics(run_dir: Path, step: str) -> list[Path]:
+    """Every metrics.jsonl a training step wrote (RS writes one per fine-tuning round)."""
+    return sorted((run_dir / step).rglob("metrics.jsonl"))
+
+
+def loss_key(record: dict[str, Any]) -> str | None:
+    return next((k for k in record if k.endswith("loss")), None)
+
+
+def _final(run_dir: Path, step: str) -> tuple[str, str]:
+    """(iterations, headline result) of one step for the summary table."""
+    files = stage_metrics(run_dir, step)
+    if not files:
+        return "", ""
+    train = read_metrics(files[-1]).get("train", {})
+    if not train:
+        return "", ""
+    last = train[max(train)]
+    key = loss_key(last)
+    result = f"{key} {last[key]:.4f}" if key else ""
+    report = run_dir / step / "rm_test_report.json"
+    if report.is_file():
+        accuracy = json.loads(report.read_text()).get("pairwise_accuracy")
+        result += f", test pairwise accuracy {accuracy:.3f}"
+    return str(max(train)), result
+
+
+def _eval_lines(run_dir: Path) -> list[str]:
+    lines = []
+    for path in sorted((run_dir / "eval").glob("*.md")):
+        lines += ["", f"### Evaluation ({path.name})", "", path.read_text(encoding="utf-8")]
+    return lines
+
+
+def plot_losses(run_dir: Path, out: Path) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on cluster nodes
+    import matplotlib.pyplot as plt
+
+    curves = []
+    for step in TRAINING_STEPS:
+        for path in stage_metrics(run_dir, step):
+            train = read_metrics(path).get("train", {})
+            key = loss_key(next(iter(train.values()), {}))
+            if key:
+                label = step if path.parent == run_dir / step else f"{step}/{path.parent.name}"
+                curves.append((label, key, sorted(train.items())))
+    if not curves:
+        return False
+    fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.2), squeeze=False)
+    for ax, (label, key, points) in zip(axes[0], curves):
+        ax.plot([i for i, _ in points], [r[key] for _, r in points], marker=".")
+        ax.set_title(label)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = out.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(out)
+    return True
+
+
+def write_summary(run_dir: Path, steps: list[str]) -> str:
+    rows = ["| step | iterations | final | time (s) |", "|---|---|---|---|"]
+    for step in steps:
+        done = read_marker(run_dir, step)
+        iterations, result = _final(run_dir, step) if step in TRAINING_STEPS else ("", "")
+        seconds = f"{done['seconds']:.0f}" if done else "not run"
+        rows.append(f"| {step} | {iterations} | {result} | {seconds} |")
+    plotted = plot_losses(run_dir, run_dir / "loss_curves.png")
+    text = "\n".join(
+        ["# megatron-chimed pipeline", "", f"Run: `{run_dir}`", "", *rows,
+         *(["", "![loss curves](loss_curves.png)"] if plotted else []), *_eval_lines(run_dir), ""]
+    )  # fmt: skip
+    atomic_write_text(run_dir / "summary.md", text)
+    return text
