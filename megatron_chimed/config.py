@@ -66,6 +66,9 @@ class ConfigError(ValueError):
 
 def _typed(schema: type, node: Any, prefix: str = "") -> Any:
     """`node` merged into the dataclass `schema`; ConfigError naming `prefix` + the key."""
+    if isinstance(node, DictConfig):
+        # Hydra's `+key=` opens the struct flag of a composed config: re-check from plain data.
+        node = OmegaConf.to_container(node)
     try:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
     except OmegaConfBaseException as err:
@@ -133,11 +136,27 @@ def compose(
     """Compose `conf/` (or `conf_dir`) with Hydra overrides, outside of a @hydra.main app."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.core.config_store import ConfigStore
 
+    # The schema is the first entry of conf/config.yaml's defaults: every key it declares can be
+    # overridden without Hydra's `+`, and a wrong type fails while composing.
+    ConfigStore.instance().store(name="run_schema", node=RunConfig)
     directory = Path(conf_dir or CONF_DIR).resolve()
     with initialize_config_dir(config_dir=str(directory), version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=list(overrides))
 
 
 def load(overrides: Sequence[str] = ()) -> RunConfig:
-    return validate(compose(overrides))
+    """Compose and validate; any config problem is a ConfigError naming the key."""
+    from hydra.errors import HydraException
+
+    try:
+        composed = compose(overrides)
+    except HydraException as err:
+        # The typed schema makes Hydra reject a bad key or type while composing; its message
+        # (with the cause's `full_key`) names the key.
+        cause = err.__cause__ if isinstance(err.__cause__, OmegaConfBaseException) else None
+        key = getattr(cause, "full_key", None)
+        detail = " ".join(str(err).split())
+        raise ConfigError(f"config key {key!r}: {detail}" if key else detail) from err
+    return validate(composed)

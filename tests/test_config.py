@@ -141,7 +141,7 @@ def test_eval_groups_validate() -> None:
     # bad values
     (["precision=fp8"], "precision='fp8'"),
     (["launcher.kind=mpi"], "launcher.kind: 'mpi'"),
-    (["+launcher.nodes=2"], "launcher.nodes=2 needs launcher=slurm"),
+    (["launcher.nodes=2"], "launcher.nodes=2 needs launcher=slurm"),
     (["launcher=slurm", "launcher.time=10:00", "launcher.signal_grace_s=900"],
      "launcher.signal_grace_s=900"),
     (["stage=rm", "data.pairing=best"], "data.pairing='best'"),

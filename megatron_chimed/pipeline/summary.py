@@ -47,6 +47,12 @@ def _final(run_dir: Path, step: str) -> tuple[str, str]:
     if report.is_file():
         accuracy = json.loads(report.read_text()).get("pairwise_accuracy")
         result += f", test pairwise accuracy {accuracy:.3f}"
+    report = run_dir / step / "rs_report.json"
+    if report.is_file():
+        scores = [r["score"] for r in json.loads(report.read_text()).values() if "score" in r]
+        if scores:
+            result += (f", reward mean {scores[-1]['mean']:.3f}, best-of-N gain "
+                       f"{scores[-1]['best_of_n_gain']:.3f}")  # fmt: skip
     return str(max(train)), result
 
 

@@ -134,6 +134,9 @@ def train(cfg: Any, stage: Stage, tokenizer_dir: str | Path | None = None) -> Tr
     from megatron.core.pipeline_parallel import get_forward_backward_func
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
+    # Before anything slow (building a 13B model, loading its weights): a preemption signal
+    # that arrives during start-up is then honoured at the first step instead of being lost.
+    preemption = PreemptionFlag()
     # Initial weights depend on cfg.seed only, not on what ran before in this process.
     seed_everything(cfg.seed)
     model_parallel_cuda_manual_seed(cfg.seed)
@@ -160,7 +163,6 @@ def train(cfg: Any, stage: Stage, tokenizer_dir: str | Path | None = None) -> Tr
     forward_backward = get_forward_backward_func()
     rank0 = dist.get_rank() == 0
     metrics = MetricsLogger(cfg.run_dir, enabled=rank0, tensorboard=t.tensorboard)
-    preemption = PreemptionFlag()
     resolved = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
     stage_name = type(stage).__name__
 
