@@ -65,6 +65,30 @@ def model_config_from_hf(hf_config: dict, where: str) -> ModelConfig:
     return ModelConfig(**fields)
 
 
+def hf_config(
+    model: ModelConfig, dtype: str, architecture: str = "LlamaForCausalLM", **extra: object
+) -> dict:
+    """A HF LLaMA config.json for `model`: the inverse of `model_config_from_hf`, with Ziya's
+    special token ids (<unk> 0 pads, <s> 1, </s> 2)."""
+    values = {hf_key: getattr(model, field) for hf_key, field in CONFIG_KEYS.items()}
+    return {
+        "architectures": [architecture],
+        "model_type": "llama",
+        **values,
+        "num_key_value_heads": model.num_query_groups,
+        "hidden_act": "silu",
+        "tie_word_embeddings": not model.untie_embeddings_and_output_weights,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "initializer_range": model.init_method_std,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 0,
+        "torch_dtype": dtype,
+        **extra,
+    }
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     file: Path

@@ -15,7 +15,7 @@ module parameter names differ, which `parameter_name` translates with `LOCAL_SPE
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -38,6 +38,7 @@ def _dims(cfg: ModelConfig) -> dict[str, int]:
         "kv": cfg.num_query_groups * cfg.head_dim,
         "qkv": (cfg.num_attention_heads + 2 * cfg.num_query_groups) * cfg.head_dim,
         "fc1": 2 * cfg.ffn_hidden_size,
+        "one": 1,
     }
 
 
@@ -220,6 +221,7 @@ class ModelMapping:
     after_layers: tuple[Entry, ...]
     megatron_layer_prefix: str = "decoder.layers."
     hf_layer_prefix: str = "model.layers.{layer}."
+    hf_config_extra: dict = field(default_factory=dict)  # keys its HF config.json adds
 
     def entries(self, cfg: ModelConfig) -> Iterator[tuple[Entry, int | None]]:
         """(entry, layer index or None) for every tensor of a model of this shape."""
@@ -287,9 +289,20 @@ LLAMA_LAYER = (
 )
 LLAMA_CAUSAL_LM = ModelMapping("LlamaForCausalLM", LLAMA_EMBEDDING, LLAMA_LAYER, LLAMA_HEAD)
 
-# HF `architectures[0]` -> table. A reward model adds "LlamaForSequenceClassification" here with
-# `score.weight` <-> its value head in place of the output layer.
-MAPPINGS: dict[str, ModelMapping] = {m.architecture: m for m in (LLAMA_CAUSAL_LM,)}
+# The reward model (megatron_chimed/reward/model.py): the same trunk, and a scalar value head
+# (replicated, not vocab-parallel) where the causal LM has its output layer.
+LLAMA_SCORE_HEAD = (
+    LLAMA_HEAD[0],
+    Direct("value_head.weight", "score.weight", ("one", "hidden"), tp_axis=None),
+)
+LLAMA_REWARD = ModelMapping(
+    "LlamaForSequenceClassification", LLAMA_EMBEDDING, LLAMA_LAYER, LLAMA_SCORE_HEAD,
+    # One score per sequence, read by HF at the last non-pad token (pad_token_id 0 = <unk>).
+    hf_config_extra={"num_labels": 1},
+)
+
+# HF `architectures[0]` -> table.
+MAPPINGS: dict[str, ModelMapping] = {m.architecture: m for m in (LLAMA_CAUSAL_LM, LLAMA_REWARD)}
 
 
 def mapping_for(architecture: str, where: str) -> ModelMapping:

@@ -17,16 +17,16 @@ from tqdm import tqdm
 from megatron_chimed.checkpoint.layout import METADATA, TOKENIZER, read_metadata, resolve
 from megatron_chimed.convert.buffers import Buffer
 from megatron_chimed.convert.dcp_reader import CheckpointReader, largest_tensor
+from megatron_chimed.convert.hf_folder import hf_config
 from megatron_chimed.convert.mapping import ModelMapping, mapping_for
 from megatron_chimed.convert.safetensors_writer import Plan, write_safetensors_shards
 from megatron_chimed.convert.staging import check_output, staged_output
 from megatron_chimed.convert.streaming_save import single_process_group
 from megatron_chimed.convert.tokenizer_files import check_tokenizer, copy_tokenizer
 from megatron_chimed.model.config import ModelConfig
-from megatron_chimed.testing.tiny_ziya import hf_config
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9
-MODEL_KEY_PREFIXES = ("embedding.", "decoder.", "output_layer.")
+MODEL_KEY_PREFIXES = ("embedding.", "decoder.", "output_layer.", "value_head.")
 GENERATION_CONFIG = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}  # Ziya's ids
 
 
@@ -123,7 +123,9 @@ def megatron_to_hf(
         ):
             tensors = _hf_tensors(ckpt_dir, mapping, model, dtype)
             write_safetensors_shards(tmp, plan, _counted(tensors, bar), max_shard_bytes)
-            config = metadata.get("hf_config") or hf_config(model, "")
+            config = metadata.get("hf_config") or hf_config(
+                model, "", mapping.architecture, **mapping.hf_config_extra
+            )
             config["torch_dtype"] = str(dtype).removeprefix("torch.")
             (tmp / "config.json").write_text(json.dumps(config, indent=2))
             generation = metadata.get("hf_generation_config") or GENERATION_CONFIG

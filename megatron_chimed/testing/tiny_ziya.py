@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from megatron_chimed.convert.hf_folder import hf_config
 from megatron_chimed.model.config import ModelConfig
 from megatron_chimed.tokenizer import BOT, HUMAN
 
@@ -88,31 +89,6 @@ def train_tokenizer(out_dir: Path, pieces: int = SP_PIECES) -> None:
             indent=2,
         )
     )
-
-
-def hf_config(model: ModelConfig, dtype: str) -> dict:
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "hidden_size": model.hidden_size,
-        "intermediate_size": model.ffn_hidden_size,
-        "num_hidden_layers": model.num_layers,
-        "num_attention_heads": model.num_attention_heads,
-        "num_key_value_heads": model.num_query_groups,
-        "max_position_embeddings": model.max_position_embeddings,
-        "rms_norm_eps": model.norm_epsilon,
-        "rope_theta": model.rotary_base,
-        "vocab_size": model.vocab_size,
-        "hidden_act": "silu",
-        "tie_word_embeddings": not model.untie_embeddings_and_output_weights,
-        "attention_bias": False,
-        "mlp_bias": False,
-        "initializer_range": model.init_method_std,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "pad_token_id": 0,
-        "torch_dtype": dtype,
-    }
 
 
 def random_state_dict(model: ModelConfig, seed: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
