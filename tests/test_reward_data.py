@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from megatron_chimed.data.sft.jsonio import DataError
+from megatron_chimed.data.jsonio import DataError
 from megatron_chimed.data.template import get_template
 from megatron_chimed.reward.batch import (
     RankedExample,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from megatron_chimed.data.sft.jsonio import DataError, iter_json_array
+from megatron_chimed.data.jsonio import DataError, iter_json_array
 from megatron_chimed.data.sft.readers import READERS, get_reader
 from megatron_chimed.testing.tiny_ziya import SAMPLE_DATA
 

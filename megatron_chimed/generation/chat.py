@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_chimed.checkpoint.layout import atomic_write_text
+from megatron_chimed.data.jsonio import iter_jsonl
 from megatron_chimed.data.template import USER, check_messages
 from megatron_chimed.generation.api import Prompt, generate
 from megatron_chimed.generation.sampling import GenerationConfig
@@ -72,30 +73,22 @@ def generation_config(args: argparse.Namespace) -> GenerationConfig:
 def read_requests(path: Path) -> list[dict]:
     """The JSONL records, each checked; an error names the file, line and field."""
     records = []
-    with open(path, encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
+    for where, record in iter_jsonl(path):
+        if not isinstance(record, dict) or ("prompt" in record) == ("messages" in record):
+            raise ValueError(f"{where}: expected an object with 'prompt' or 'messages'")
+        if "prompt" in record and not isinstance(record["prompt"], str):
+            raise ValueError(f"{where}: field 'prompt' must be a string")
+        if "messages" in record:
+            messages = record["messages"]
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not valid JSON ({err})") from None
-            if not isinstance(record, dict) or ("prompt" in record) == ("messages" in record):
-                raise ValueError(f"{where}: expected an object with 'prompt' or 'messages'")
-            if "prompt" in record and not isinstance(record["prompt"], str):
-                raise ValueError(f"{where}: field 'prompt' must be a string")
-            if "messages" in record:
-                messages = record["messages"]
-                try:
-                    if not isinstance(messages, list) or not messages:
-                        raise ValueError("must be a non-empty list of messages")
-                    check_messages(messages)
-                    if messages[-1]["role"] != USER:
-                        raise ValueError("the last message must be the user's")
-                except ValueError as err:
-                    raise ValueError(f"{where}: field 'messages': {err}") from None
-            records.append(record)
+                if not isinstance(messages, list) or not messages:
+                    raise ValueError("must be a non-empty list of messages")
+                check_messages(messages)
+                if messages[-1]["role"] != USER:
+                    raise ValueError("the last message must be the user's")
+            except ValueError as err:
+                raise ValueError(f"{where}: field 'messages': {err}") from None
+        records.append(record)
     return records
 
 

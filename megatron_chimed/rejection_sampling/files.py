@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from megatron_chimed.checkpoint.layout import atomic_write_text
-from megatron_chimed.data.sft.jsonio import iter_jsonl
+from megatron_chimed.data.jsonio import iter_jsonl
 
 DONE = "DONE"
 PHASE_LOG = "rs_phases.jsonl"

@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from megatron_chimed.data.sft.jsonio import DataError, iter_jsonl
+from megatron_chimed.data.jsonio import DataError, iter_jsonl
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from megatron_chimed.checkpoint import layout
 from megatron_chimed.checkpoint.weights import load_model_weights
-from megatron_chimed.data.sft.jsonio import field, iter_jsonl
+from megatron_chimed.data.jsonio import field, iter_jsonl
 from megatron_chimed.data.template import ChatTemplate, get_template
 from megatron_chimed.generation.loading import model_config_from_metadata, tokenizer_dir
 from megatron_chimed.model import ParallelConfig

@@ -1,9 +1,9 @@
 """SFT data: readers for every source format, encoding with the chat template, first-fit
 packing and the cached packed dataset (issue 5; paper section 2.2)."""
 
+from megatron_chimed.data.jsonio import DataError
 from megatron_chimed.data.sft.config import SFTDataConfig, SourceConfig, load_data_config
 from megatron_chimed.data.sft.dataset import Epochs, PackedSFTDataset, packed_sft_dataset
-from megatron_chimed.data.sft.jsonio import DataError
 from megatron_chimed.data.sft.packing import block_causal_mask, packed_seq_params
 from megatron_chimed.data.sft.readers import READERS, get_reader
 

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from megatron_chimed.data.sft.jsonio import (
+from megatron_chimed.data.jsonio import (
     DataError,
     field,
     iter_json_array,

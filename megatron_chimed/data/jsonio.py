@@ -1,4 +1,4 @@
-"""Reading the SFT data files: JSON Lines, streamed JSON arrays, and errors that say where.
+"""Reading data files: JSON Lines, streamed JSON arrays, and errors that say where.
 
 Real data sets are large (MedDialog's processed split is one multi-GB JSON array), so nothing
 here loads a whole file: JSON Lines are read line by line and arrays element by element with
