@@ -15,13 +15,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from megatron_chimed.data.indexed import preprocess
-from megatron_chimed.testing.tiny_ziya import make_tiny_ziya, sample_texts
 from megatron_chimed.tokenizer import ZiyaTokenizer
+
+# Heavy imports (torch, megatron) stay inside main(): the tool's spawned workers re-import this
+# module, and a user's `tools/preprocess_data.py` does not pay for them either.
 
 REPEAT = 600  # ~8.6M tokens: long enough that worker start-up is amortised
 
 
 def main() -> None:
+    from megatron_chimed.testing.tiny_ziya import make_tiny_ziya, sample_texts
+
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         hf = make_tiny_ziya(tmp / "tiny", shards=1)
