@@ -10,7 +10,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from megatron_chimed.eval.report import markdown_table, run_over_seeds, write_atomic
+from megatron_chimed.atomic import atomic_write_text as write_atomic
+from megatron_chimed.eval.report import markdown_table, run_over_seeds
 from megatron_chimed.eval.runner import run_eval, shard, unshard
 
 REPO = Path(__file__).resolve().parents[1]

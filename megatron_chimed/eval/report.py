@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
-import tempfile
 from pathlib import Path
 from typing import Any, Protocol
+
+from megatron_chimed.atomic import atomic_write_text
 
 from .model_api import EvalModel
 
@@ -84,20 +84,6 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines + [""] + notes) + "\n"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write to a temp file in the same directory, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(temp_name, path)
-    except BaseException:
-        os.unlink(temp_name)
-        raise
-
-
 def write_results(
     out_dir: Path, stem: str, results: list[dict[str, Any]], run_info: dict[str, Any] | None = None
 ) -> tuple[Path, Path]:
@@ -105,6 +91,6 @@ def write_results(
     md_path = Path(out_dir) / f"{stem}.md"
     payload = results[0] if len(results) == 1 else {"tasks": results}
     payload = _json_safe({**payload, "run": run_info} if run_info else payload)
-    write_atomic(json_path, json.dumps(payload, ensure_ascii=False, indent=2, allow_nan=False))
-    write_atomic(md_path, markdown_table(results))
+    atomic_write_text(json_path, json.dumps(payload, ensure_ascii=False, indent=2, allow_nan=False))
+    atomic_write_text(md_path, markdown_table(results))
     return json_path, md_path

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from megatron_chimed.checkpoint.layout import atomic_write_text
+from megatron_chimed.atomic import atomic_write_text
 from megatron_chimed.data.jsonio import iter_jsonl
 from megatron_chimed.data.template import USER, check_messages
 from megatron_chimed.generation.api import Prompt, generate

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from megatron_chimed.checkpoint.layout import atomic_write_text
+from megatron_chimed.atomic import atomic_write_text
 from megatron_chimed.pipeline.steps import STEPS, Context, marker, read_marker
 from megatron_chimed.pipeline.summary import write_summary
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from megatron_chimed.checkpoint.layout import atomic_write_text
+from megatron_chimed.atomic import atomic_write_text
 from megatron_chimed.pipeline.steps import read_marker
 
 TRAINING_STEPS = ("cpt", "sft", "rm", "rs")

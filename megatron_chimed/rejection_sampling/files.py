@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from megatron_chimed.checkpoint.layout import atomic_write_text
+from megatron_chimed.atomic import atomic_write_text
 from megatron_chimed.data.jsonio import iter_jsonl
 
 DONE = "DONE"

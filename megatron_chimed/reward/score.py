@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from megatron_chimed.atomic import atomic_write_text
 from megatron_chimed.checkpoint import layout
 from megatron_chimed.checkpoint.weights import load_model_weights
 from megatron_chimed.data.jsonio import field, iter_jsonl
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             lines = [
                 json.dumps({**r, "score": s}, ensure_ascii=False) for r, s in zip(records, scores)
             ]
-            layout.atomic_write_text(args.output, "".join(line + "\n" for line in lines))
+            atomic_write_text(args.output, "".join(line + "\n" for line in lines))
     finally:
         destroy()
     return 0

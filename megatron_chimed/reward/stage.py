@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from megatron_chimed.checkpoint.layout import atomic_write_text
+from megatron_chimed.atomic import atomic_write_text
 from megatron_chimed.data.sft import Epochs
 from megatron_chimed.data.template import get_template
 from megatron_chimed.reward.batch import (

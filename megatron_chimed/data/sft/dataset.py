@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from megatron_chimed.atomic import atomic_open
 from megatron_chimed.data.sft.config import SFTDataConfig
 from megatron_chimed.data.sft.encode import Encoder, EncodeStats
 from megatron_chimed.data.sft.packing import first_fit, layout_row
@@ -98,17 +98,8 @@ def build_cache(cfg: SFTDataConfig, tokenizer, path: Path) -> None:
         "row_offsets": np.concatenate([[0], np.cumsum([len(b) for b in bins])]),
         "stats": np.array(json.dumps(stats.as_dict(), ensure_ascii=False)),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as f:
+        np.savez(f, **arrays)
     log.info(
         "SFT data: %d samples in %d rows -> %s; %s", len(order), len(bins), path, stats.as_dict()
     )
