@@ -256,8 +256,16 @@ PATCHES: tuple[Patch, ...] = (
         "torch",
         _TORCH_ON_CPU,
         site="schedules.forward_backward_*: total_num_tokens counter made with device='cuda'",
-        canary="from megatron.core.pipeline_parallel import schedules as s;"
-        "s.torch.zeros([], device='cuda')",
+        # One training step of a 1-parameter model through megatron's schedule.
+        canary=_TP1 + "import torch; from megatron.core.enums import ModelType;"
+        "from megatron.core.pipeline_parallel import get_forward_backward_func as fb;"
+        "from megatron.core.transformer import TransformerConfig as C;"
+        "m = torch.nn.Linear(1, 1); m.config = C(num_layers=1, hidden_size=4,"
+        " num_attention_heads=1); m.model_type = ModelType.encoder_or_decoder;"
+        "m.set_input_tensor = lambda t: None;"
+        "fb()(forward_step_func=lambda it, mod: (mod(torch.ones(1, 1)),"
+        " lambda o: (o.sum(), torch.tensor(1), {})), data_iterator=iter([None]), model=[m],"
+        " num_microbatches=1, seq_length=1, micro_batch_size=1, forward_only=False)",
     ),
     Patch(
         "megatron.core.utils",
