@@ -131,7 +131,6 @@ def _total_samples(cfg: TrainingConfig) -> tuple[int, int, int]:
 def train(cfg: Any, stage: Stage, tokenizer_dir: str | Path | None = None) -> TrainState:
     """Run (or resume) `stage` as configured by the RunConfig `cfg`; return the final state."""
     from megatron.core import parallel_state
-    from megatron.core.pipeline_parallel import get_forward_backward_func
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
     # Before anything slow (building a 13B model, loading its weights): a preemption signal
@@ -160,7 +159,6 @@ def train(cfg: Any, stage: Stage, tokenizer_dir: str | Path | None = None) -> Tr
 
     train_ds, valid_ds, _ = stage.datasets(_total_samples(t))
     data = _loader(train_ds, consumed, t)
-    forward_backward = get_forward_backward_func()
     rank0 = dist.get_rank() == 0
     metrics = MetricsLogger(cfg.run_dir, enabled=rank0, tensorboard=t.tensorboard)
     resolved = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
@@ -188,15 +186,7 @@ def train(cfg: Any, stage: Stage, tokenizer_dir: str | Path | None = None) -> Tr
     while iteration < t.train_iters:
         ddp.zero_grad_buffer()
         optimizer.zero_grad()
-        reports = forward_backward(
-            forward_step_func=stage.forward_step,
-            data_iterator=data,
-            model=[ddp],
-            num_microbatches=num_micro,
-            seq_length=t.seq_length,
-            micro_batch_size=t.micro_batch_size,
-            forward_only=False,
-        )
+        reports = _global_batch(ddp, stage, data, t, num_micro, forward_only=False)
         updated, grad_norm, _ = optimizer.step()
         if updated:
             scheduler.step(increment=1)
@@ -237,23 +227,35 @@ def train(cfg: Any, stage: Stage, tokenizer_dir: str | Path | None = None) -> Tr
     return TrainState(ddp, optimizer, scheduler, iteration, consumed, status)
 
 
+def _global_batch(
+    ddp: torch.nn.Module,
+    stage: Stage,
+    data: Iterator,
+    t: TrainingConfig,
+    num_micro: int,
+    forward_only: bool,
+) -> list[dict[str, torch.Tensor]]:
+    """One global batch through megatron's schedule (gradients accumulate over micro-batches)."""
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    return get_forward_backward_func()(
+        forward_step_func=stage.forward_step,
+        data_iterator=data,
+        model=[ddp],
+        num_microbatches=num_micro,
+        seq_length=t.seq_length,
+        micro_batch_size=t.micro_batch_size,
+        forward_only=forward_only,
+    )
+
+
 @torch.no_grad()
 def _evaluate(ddp: torch.nn.Module, stage: Stage, dataset: Any, t: TrainingConfig, num_micro: int):
     """The first `eval_iters` global batches of `dataset`: the same ones at every validation."""
-    from megatron.core.pipeline_parallel import get_forward_backward_func
-
     ddp.eval()
     data = _loader(dataset, 0, t)
     reports: list[dict[str, torch.Tensor]] = []
     for _ in range(t.eval_iters):
-        reports += get_forward_backward_func()(
-            forward_step_func=stage.forward_step,
-            data_iterator=data,
-            model=[ddp],
-            num_microbatches=num_micro,
-            seq_length=t.seq_length,
-            micro_batch_size=t.micro_batch_size,
-            forward_only=True,
-        )
+        reports += _global_batch(ddp, stage, data, t, num_micro, forward_only=True)
     ddp.train()
     return _averages(_reduce_reports(reports))
