@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from megatron_chimed.atomic import atomic_write_text
+from megatron_chimed.data.jsonio import read_json
 
 LATEST = "latest"
 METADATA = "chimed.json"
@@ -69,8 +70,6 @@ def write_metadata(ckpt_dir: str | os.PathLike, metadata: dict[str, Any]) -> Non
 def read_metadata(ckpt_dir: str | os.PathLike) -> dict[str, Any]:
     path = Path(ckpt_dir) / METADATA
     try:
-        return json.loads(path.read_text())
+        return read_json(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: missing; not a megatron-chimed checkpoint") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err

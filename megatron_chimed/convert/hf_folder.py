@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from megatron_chimed.convert.mapping import ModelMapping, mapping_for
+from megatron_chimed.data.jsonio import read_json
 from megatron_chimed.model.config import ModelConfig
 
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -34,15 +35,6 @@ CONFIG_KEYS = {
     "max_position_embeddings": "max_position_embeddings",
 }
 DEFAULT_ROPE_THETA = 10000.0
-
-
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: missing") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from err
 
 
 def model_config_from_hf(hf_config: dict, where: str) -> ModelConfig:

@@ -25,6 +25,16 @@ class DataError(ValueError):
         super().__init__(f"{where}: {at}{problem}")
 
 
+def read_json(path: str | Path) -> Any:
+    """One whole JSON file (a config, an index, metadata); errors name the file and line."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: missing") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from err
+
+
 def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
     """`(1-based line number, line)` without BOMs; `utf-8-sig` only strips the first one, and
     files made by concatenation carry one per part."""
