@@ -44,8 +44,10 @@ def main() -> None:
     assert stats.tokens == tokens
     ratio = tool_rate / encode_rate
     print(f"{len(texts)} docs, {tokens} tokens")
-    print(f"tokenizer encode_batch: {encode_rate:,.0f} tok/s; preprocess 2 workers: "
-          f"{tool_rate:,.0f} tok/s")
+    print(
+        f"tokenizer encode_batch: {encode_rate:,.0f} tok/s; preprocess 2 workers: "
+        f"{tool_rate:,.0f} tok/s"
+    )
     print(f"RESULT preprocess_vs_encode={ratio:.2f} goal=0.85")
 
 

@@ -42,8 +42,16 @@ def bare_loop(cfg) -> list[float]:
         config, DistributedDataParallelConfig(True, use_distributed_optimizer=True), model
     )
     optimizer = get_megatron_optimizer(
-        OptimizerConfig(optimizer="adam", lr=1e-3, bf16=True, params_dtype=torch.bfloat16,
-                        use_distributed_optimizer=True, clip_grad=1.0), [ddp])
+        OptimizerConfig(
+            optimizer="adam",
+            lr=1e-3,
+            bf16=True,
+            params_dtype=torch.bfloat16,
+            use_distributed_optimizer=True,
+            clip_grad=1.0,
+        ),
+        [ddp],
+    )
     tokens = torch.randint(0, 2000, (t.micro_batch_size, t.seq_length + 1))
     position_ids = torch.arange(t.seq_length).unsqueeze(0)
 
@@ -60,9 +68,15 @@ def bare_loop(cfg) -> list[float]:
         start = time.perf_counter()
         ddp.zero_grad_buffer()
         optimizer.zero_grad()
-        fb(forward_step_func=forward_step, data_iterator=None, model=[ddp],
-           num_microbatches=t.global_batch_size // t.micro_batch_size,
-           seq_length=t.seq_length, micro_batch_size=t.micro_batch_size, forward_only=False)
+        fb(
+            forward_step_func=forward_step,
+            data_iterator=None,
+            model=[ddp],
+            num_microbatches=t.global_batch_size // t.micro_batch_size,
+            seq_length=t.seq_length,
+            micro_batch_size=t.micro_batch_size,
+            forward_only=False,
+        )
         optimizer.step()
         times.append(time.perf_counter() - start)
     return times[WARMUP:]
@@ -80,15 +94,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         hf = make_tiny_ziya(tmp / "tiny", shards=1)
-        preprocess(sorted((SAMPLE_DATA / "pretrain").glob("*.jsonl")), tmp / "s", hf,
-                   progress=False)
-        cfg = config.load([
-            "stage=cpt", "parallel=tp1", "training=tiny", f"run_dir={tmp / 'run'}",
-            f"training.train_iters={STEPS}", "training.log_interval=1",
-            "training.eval_interval=0", "training.tensorboard=false",
-            f"checkpoint.save_interval={10 * STEPS}",
-            f"data.blend=[1.0,{output_prefix(tmp / 's', 'text')}]",
-        ])
+        preprocess(
+            sorted((SAMPLE_DATA / "pretrain").glob("*.jsonl")), tmp / "s", hf, progress=False
+        )
+        cfg = config.load(
+            [
+                "stage=cpt",
+                "parallel=tp1",
+                "training=tiny",
+                f"run_dir={tmp / 'run'}",
+                f"training.train_iters={STEPS}",
+                "training.log_interval=1",
+                "training.eval_interval=0",
+                "training.tensorboard=false",
+                f"checkpoint.save_interval={10 * STEPS}",
+                f"data.blend=[1.0,{output_prefix(tmp / 's', 'text')}]",
+            ]
+        )
         initialize(1, cfg.seed)
         # Interleave the two so that machine noise hits both alike.
         ours, bare = [], []
@@ -101,8 +123,10 @@ def main() -> None:
             ours += [r["step_s"] for r in map(json.loads, lines)][WARMUP:]
         destroy()
     ratio = statistics.median(ours) / statistics.median(bare)
-    print(f"median step: ours {statistics.median(ours) * 1e3:.1f} ms, "
-          f"bare megatron-core {statistics.median(bare) * 1e3:.1f} ms")
+    print(
+        f"median step: ours {statistics.median(ours) * 1e3:.1f} ms, "
+        f"bare megatron-core {statistics.median(bare) * 1e3:.1f} ms"
+    )
     print(f"RESULT train_step_ratio={ratio:.3f} goal=1.05")
 
 

@@ -40,8 +40,14 @@ def local_command(cfg: LauncherConfig, overrides: list[str], module: str) -> lis
     return [str(REPO / "launch" / "torchrun.sh"), str(cfg.nproc_per_node), *overrides]
 
 
-def submit_slurm(cfg: LauncherConfig, overrides: list[str], module: str, run_dir: str | None,
-                 dry_run: bool, wait: bool) -> int:
+def submit_slurm(
+    cfg: LauncherConfig,
+    overrides: list[str],
+    module: str,
+    run_dir: str | None,
+    dry_run: bool,
+    wait: bool,
+) -> int:
     if not run_dir:
         sys.exit("launcher=slurm needs run_dir=DIR (the job script and logs are written there)")
     log_dir = f"{run_dir}/logs"
@@ -69,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # The trainer's whole config is checked before it is queued; another module's keys are its own.
     try:
-        cfg, run_dir = compose_launcher(args.overrides, args.conf_dir, args.config_name,
-                                        check_all=args.module == DEFAULT_MODULE)
+        cfg, run_dir = compose_launcher(
+            args.overrides, args.conf_dir, args.config_name, check_all=args.module == DEFAULT_MODULE
+        )
     except ConfigError as err:
         sys.exit(f"submit.py: {err}")
     overrides, run_dir = _absolute_run_dir(list(args.overrides), run_dir)
@@ -80,8 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(shlex.join(cmd))
         return 0
-    env = {**os.environ, "CHIMED_MODULE": args.module, "MASTER_PORT": str(cfg.master_port),
-           "TORCHRUN": os.environ.get("TORCHRUN", f"{sys.executable} -m torch.distributed.run")}
+    env = {
+        **os.environ,
+        "CHIMED_MODULE": args.module,
+        "MASTER_PORT": str(cfg.master_port),
+        "TORCHRUN": os.environ.get("TORCHRUN", f"{sys.executable} -m torch.distributed.run"),
+    }
     return subprocess.run(cmd, env=env, check=False).returncode
 
 

@@ -53,8 +53,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _world_for(cfg) -> int:
     """Ranks on this node: the launcher's, or one TP group."""
-    return cfg.launcher.nproc_per_node if cfg.launcher.kind == "torchrun" else (
-        cfg.parallel.tensor_model_parallel_size
+    return (
+        cfg.launcher.nproc_per_node
+        if cfg.launcher.kind == "torchrun"
+        else (cfg.parallel.tensor_model_parallel_size)
     )
 
 

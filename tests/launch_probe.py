@@ -81,11 +81,19 @@ def main(argv: list[str]) -> int:
     check = torch.tensor([float(rank + 1)])
     dist.all_reduce(check)
     step, total = _load_latest(ckpt_dir)
-    event(event="start", rank=rank, world=world, node_rank=int(os.environ["GROUP_RANK"]),
-          local_rank=int(os.environ["LOCAL_RANK"]), slurm_nodeid=os.environ.get("SLURM_NODEID"),
-          slurmd_nodename=os.environ.get("SLURMD_NODENAME"),
-          restart=int(os.environ.get("SLURM_RESTART_COUNT", "0")),
-          allreduce=check.item(), resumed_from=step, pid=os.getpid())
+    event(
+        event="start",
+        rank=rank,
+        world=world,
+        node_rank=int(os.environ["GROUP_RANK"]),
+        local_rank=int(os.environ["LOCAL_RANK"]),
+        slurm_nodeid=os.environ.get("SLURM_NODEID"),
+        slurmd_nodename=os.environ.get("SLURMD_NODENAME"),
+        restart=int(os.environ.get("SLURM_RESTART_COUNT", "0")),
+        allreduce=check.item(),
+        resumed_from=step,
+        pid=os.getpid(),
+    )
     while step < steps:
         time.sleep(step_s)
         step += 1

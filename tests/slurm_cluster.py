@@ -33,12 +33,23 @@ def ensure_slurm_installed() -> str | None:
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         return "Slurm is not installed and cannot be: needs root and apt-get (Debian)"
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "-o", "DPkg::Lock::Timeout=300", "install", "-y",
-               "--no-install-recommends", *PACKAGES]
+    install = [
+        "apt-get",
+        "-o",
+        "DPkg::Lock::Timeout=300",
+        "install",
+        "-y",
+        "--no-install-recommends",
+        *PACKAGES,
+    ]
     # The package lists may be missing in a fresh container: update once, only if needed.
     if subprocess.run(install, env=env, capture_output=True, check=False).returncode != 0:
-        subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=300", "update"], env=env,
-                       capture_output=True, check=False)
+        subprocess.run(
+            ["apt-get", "-o", "DPkg::Lock::Timeout=300", "update"],
+            env=env,
+            capture_output=True,
+            check=False,
+        )
         done = subprocess.run(install, env=env, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             return f"apt-get install {' '.join(PACKAGES)} failed: {done.stderr[-300:]}"
@@ -117,15 +128,17 @@ class SlurmCluster:
         return {**os.environ, "SLURM_CONF": str(self.conf)}
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run(args, env=self.env, capture_output=True, text=True, check=check,
-                              timeout=120)
+        return subprocess.run(
+            args, env=self.env, capture_output=True, text=True, check=check, timeout=120
+        )
 
     def _write_conf(self, munge_socket: Path) -> None:
         r = self.root
         hardware = _node_hardware()
         nodes = "\n".join(
             f"NodeName={n} NodeAddr={a} NodeHostname={n} Port={p} {hardware} State=UNKNOWN"
-            for n, a, p in NODES)
+            for n, a, p in NODES
+        )
         self.conf.write_text(f"""\
 ClusterName=chimedtest
 SlurmctldHost={socket.gethostname()}(127.0.0.1)
@@ -168,10 +181,22 @@ PartitionName=debug Nodes={",".join(n for n, _, _ in NODES)} Default=YES MaxTime
         shutil.chown(mdir, "munge", "munge")
         sock, pid = mdir / "munge.socket", mdir / "munged.pid"
         # munged refuses to run as root and checks its directories belong to the munge user.
-        done = subprocess.run(["runuser", "-u", "munge", "--", "munged", f"--socket={sock}",
-                               f"--pid-file={pid}", f"--log-file={mdir}/munged.log",
-                               f"--seed-file={mdir}/munged.seed"],
-                              capture_output=True, text=True, check=False)
+        done = subprocess.run(
+            [
+                "runuser",
+                "-u",
+                "munge",
+                "--",
+                "munged",
+                f"--socket={sock}",
+                f"--pid-file={pid}",
+                f"--log-file={mdir}/munged.log",
+                f"--seed-file={mdir}/munged.seed",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if done.returncode != 0:
             raise RuntimeError(f"munged failed to start: {done.stderr.strip()}")
         self.pid_files.append(pid)
@@ -231,8 +256,10 @@ PartitionName=debug Nodes={",".join(n for n, _, _ in NODES)} Default=YES MaxTime
             if jobs:
                 self.run("scancel", *jobs, check=False)
                 deadline = time.monotonic() + 15
-                while self.run("squeue", "-h", check=False).stdout.strip() and \
-                        time.monotonic() < deadline:
+                while (
+                    self.run("squeue", "-h", check=False).stdout.strip()
+                    and time.monotonic() < deadline
+                ):
                     time.sleep(0.5)
         for pid_file in reversed(self.pid_files):  # slurmds, slurmctld, then munged
             if not pid_file.exists():

@@ -13,16 +13,34 @@ LAUNCHERS = ("local", "torchrun", "slurm")
 MODELS = ("tiny", "ziya_13b_v2")
 PARALLEL = {"tp1": (1, False), "tp2": (2, True), "tp2_cpu": (2, False), "tp4": (4, True)}
 # The paper's values per stage (sections 2.1-2.3): lr, weight decay, global batch (None: ours).
-PAPER = {"cpt": (5e-5, 0.1, None), "sft": (2e-5, 0.1, 16), "rm": (5e-6, 0.1, 8),
-         "rs": (1e-5, 0.1, 64)}
+PAPER = {
+    "cpt": (5e-5, 0.1, None),
+    "sft": (2e-5, 0.1, 16),
+    "rm": (5e-6, 0.1, 8),
+    "rs": (1e-5, 0.1, 64),
+}
 # Where each paper data group reads (the placeholders the user fills in).
-PAPER_ROOT = {"cpt": "data/cmd/", "sft": "/data/chimed-sft/", "rm": "/data/chimed-reward/",
-              "rs": "/data/chimed-sft/"}
-DATA_ENV = ("CMD_DATA", "CHIMED_SFT_ROOT", "CHIMED_REWARD_ROOT", "CHIMED_SFT_DATA",
-            "CHIMED_REWARD_DATA", "ZIYA_MEGATRON")
+PAPER_ROOT = {
+    "cpt": "data/cmd/",
+    "sft": "/data/chimed-sft/",
+    "rm": "/data/chimed-reward/",
+    "rs": "/data/chimed-sft/",
+}
+DATA_ENV = (
+    "CMD_DATA",
+    "CHIMED_SFT_ROOT",
+    "CHIMED_REWARD_ROOT",
+    "CHIMED_SFT_DATA",
+    "CHIMED_REWARD_DATA",
+    "ZIYA_MEGATRON",
+)
 # Previous stages' outputs each stage starts from (rs: also the reward model it samples with).
-PAPER_LOAD = {"cpt": "checkpoints/ziya_13b_v2", "sft": "runs/chimed_paper_cpt/checkpoints",
-              "rm": "runs/chimed_paper_sft/checkpoints", "rs": "runs/chimed_paper_sft/checkpoints"}
+PAPER_LOAD = {
+    "cpt": "checkpoints/ziya_13b_v2",
+    "sft": "runs/chimed_paper_cpt/checkpoints",
+    "rm": "runs/chimed_paper_sft/checkpoints",
+    "rs": "runs/chimed_paper_sft/checkpoints",
+}
 STAGES = ("cpt", "sft", "rm", "rs")
 # The rs stage needs its reward model; the pipeline passes the rm step's output.
 RS_REWARD = "data.reward_checkpoint=runs/rm/checkpoints"
@@ -55,15 +73,26 @@ def test_every_experiment_and_stage_is_tested() -> None:
 def test_paper_experiment(stage: str, launcher: str) -> None:
     cfg = load([f"experiment=chimed_paper_{stage}", f"launcher={launcher}"])
     assert (cfg.stage, cfg.model.name, cfg.precision) == (stage, "ziya_13b_v2", "bf16")
-    assert (cfg.model.hidden_size, cfg.model.num_layers, cfg.training.seq_length) == \
-        (5120, 40, 4096)
+    assert (cfg.model.hidden_size, cfg.model.num_layers, cfg.training.seq_length) == (
+        5120,
+        40,
+        4096,
+    )
     tp = cfg.parallel
-    assert (tp.tensor_model_parallel_size, tp.sequence_parallel, tp.use_distributed_optimizer) \
-        == (2, True, True)
+    assert (tp.tensor_model_parallel_size, tp.sequence_parallel, tp.use_distributed_optimizer) == (
+        2,
+        True,
+        True,
+    )
     assert cfg.launcher.kind == launcher and cfg.run_dir == f"runs/chimed_paper_{stage}"
     lr, decay, batch = PAPER[stage]
-    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.adam_beta1, cfg.optim.adam_beta2,
-            cfg.optim.clip_grad) == (lr, decay, 0.9, 0.95, 1.0)
+    assert (
+        cfg.optim.lr,
+        cfg.optim.weight_decay,
+        cfg.optim.adam_beta1,
+        cfg.optim.adam_beta2,
+        cfg.optim.clip_grad,
+    ) == (lr, decay, 0.9, 0.95, 1.0)
     if batch:
         assert cfg.training.global_batch_size == batch
     if stage == "rs":  # section 2.3: AdamW eps 1e-5, 400 iterations; sampled by the RM
@@ -85,8 +114,15 @@ def test_paper_slurm_job_is_two_nodes_of_eight_gpus() -> None:
 @pytest.mark.parametrize("stage", STAGES)
 def test_demo_experiment(stage: str, launcher: str) -> None:
     data = load(["experiment=demo"]).pipeline.data[stage]
-    cfg = load(["experiment=demo", f"stage={stage}", f"data={data}", f"launcher={launcher}",
-                *([RS_REWARD] if stage == "rs" else [])])
+    cfg = load(
+        [
+            "experiment=demo",
+            f"stage={stage}",
+            f"data={data}",
+            f"launcher={launcher}",
+            *([RS_REWARD] if stage == "rs" else []),
+        ]
+    )
     assert (cfg.stage, cfg.model.name, cfg.model.hidden_size) == (stage, "tiny", 64)
     assert (cfg.parallel.tensor_model_parallel_size, cfg.parallel.sequence_parallel) == (2, False)
     # training=tiny comes after the stage: it shrinks the paper's 4096 tokens.
@@ -105,8 +141,14 @@ def test_demo_default_launcher_runs_two_cpu_ranks() -> None:
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("stage", STAGES)
 def test_stage_model_parallel(stage: str, model: str, parallel: str) -> None:
-    cfg = load([f"stage={stage}", f"model={model}", f"parallel={parallel}",
-                *([RS_REWARD] if stage == "rs" else [])])
+    cfg = load(
+        [
+            f"stage={stage}",
+            f"model={model}",
+            f"parallel={parallel}",
+            *([RS_REWARD] if stage == "rs" else []),
+        ]
+    )
     assert (cfg.stage, cfg.model.name) == (stage, model)
     p = cfg.parallel
     assert (p.tensor_model_parallel_size, p.sequence_parallel) == PARALLEL[parallel]
@@ -120,34 +162,39 @@ def test_eval_groups_validate() -> None:
         assert cfg.eval["name"] == path.stem
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    # unknown keys, at any depth
-    (["+seeed=1"], "'seeed'"),
-    (["+model.hiden_size=64"], "'model.hiden_size'"),
-    (["+launcher.gpu_per_node=8"], "'launcher.gpu_per_node'"),
-    (["stage=cpt", "+data.blends=[1.0,x]"], "'data.blends'"),
-    (["stage=sft", "+data.pack=concat"], "'data.pack'"),
-    (["stage=rm", "+data.pairng=all"], "'data.pairng'"),
-    (["+eval=ceval", "+eval.shot=3"], "'eval.shot'"),
-    (["+eval=suite", "+eval.tasks.medqa.shot=3"], "'eval.tasks.medqa.shot'"),
-    (["+eval=suite", "+eval.seed=3"], "'eval.seed'"),
-    # wrong types
-    (["model.hidden_size=big"], "'model.hidden_size'"),
-    (["training=tiny", "training.train_iters=1.5"], "'training.train_iters'"),
-    (["parallel.sequence_parallel=maybe"], "'parallel.sequence_parallel'"),
-    (["stage=rm", "data.margin=wide"], "'data.margin'"),
-    (["stage=sft", "data.seq_length=long"], "'data.seq_length'"),
-    (["stage=cpt", "data.blend=notalist"], "'data.blend'"),
-    # bad values
-    (["precision=fp8"], "precision='fp8'"),
-    (["launcher.kind=mpi"], "launcher.kind: 'mpi'"),
-    (["launcher.nodes=2"], "launcher.nodes=2 needs launcher=slurm"),
-    (["launcher=slurm", "launcher.time=10:00", "launcher.signal_grace_s=900"],
-     "launcher.signal_grace_s=900"),
-    (["stage=rm", "data.pairing=best"], "data.pairing='best'"),
-    (["stage=rs"], "'data.reward_checkpoint'"),  # ??? in conf/stage/rs.yaml: the user's to set
-    (["+eval=ceval", "eval.task=essay"], "'eval.task': 'essay'"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        # unknown keys, at any depth
+        (["+seeed=1"], "'seeed'"),
+        (["+model.hiden_size=64"], "'model.hiden_size'"),
+        (["+launcher.gpu_per_node=8"], "'launcher.gpu_per_node'"),
+        (["stage=cpt", "+data.blends=[1.0,x]"], "'data.blends'"),
+        (["stage=sft", "+data.pack=concat"], "'data.pack'"),
+        (["stage=rm", "+data.pairng=all"], "'data.pairng'"),
+        (["+eval=ceval", "+eval.shot=3"], "'eval.shot'"),
+        (["+eval=suite", "+eval.tasks.medqa.shot=3"], "'eval.tasks.medqa.shot'"),
+        (["+eval=suite", "+eval.seed=3"], "'eval.seed'"),
+        # wrong types
+        (["model.hidden_size=big"], "'model.hidden_size'"),
+        (["training=tiny", "training.train_iters=1.5"], "'training.train_iters'"),
+        (["parallel.sequence_parallel=maybe"], "'parallel.sequence_parallel'"),
+        (["stage=rm", "data.margin=wide"], "'data.margin'"),
+        (["stage=sft", "data.seq_length=long"], "'data.seq_length'"),
+        (["stage=cpt", "data.blend=notalist"], "'data.blend'"),
+        # bad values
+        (["precision=fp8"], "precision='fp8'"),
+        (["launcher.kind=mpi"], "launcher.kind: 'mpi'"),
+        (["launcher.nodes=2"], "launcher.nodes=2 needs launcher=slurm"),
+        (
+            ["launcher=slurm", "launcher.time=10:00", "launcher.signal_grace_s=900"],
+            "launcher.signal_grace_s=900",
+        ),
+        (["stage=rm", "data.pairing=best"], "data.pairing='best'"),
+        (["stage=rs"], "'data.reward_checkpoint'"),  # ??? in conf/stage/rs.yaml: the user's to set
+        (["+eval=ceval", "eval.task=essay"], "'eval.task': 'essay'"),
+    ],
+)
 def test_errors_name_the_key(overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError) as err:
         load(overrides)

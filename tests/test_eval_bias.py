@@ -35,10 +35,14 @@ def test_parse_option_longest_first(answer, expected):
 @pytest.mark.parametrize(
     ("options", "option", "agree_biased", "disagree_biased"),
     [
-        (CAMI_OPTIONS, "完全不同意", 1, 5), (CAMI_OPTIONS, "中立", 3, 3),
-        (CAMI_OPTIONS, "完全同意", 5, 1), (CAMI_OPTIONS, "同意", 4, 2),
-        (MICA_OPTIONS, "完全不同意", 1, 6), (MICA_OPTIONS, "稍微不同意", 3, 4),
-        (MICA_OPTIONS, "稍微同意", 4, 3), (MICA_OPTIONS, "完全同意", 6, 1),
+        (CAMI_OPTIONS, "完全不同意", 1, 5),
+        (CAMI_OPTIONS, "中立", 3, 3),
+        (CAMI_OPTIONS, "完全同意", 5, 1),
+        (CAMI_OPTIONS, "同意", 4, 2),
+        (MICA_OPTIONS, "完全不同意", 1, 6),
+        (MICA_OPTIONS, "稍微不同意", 3, 4),
+        (MICA_OPTIONS, "稍微同意", 4, 3),
+        (MICA_OPTIONS, "完全同意", 6, 1),
     ],
 )
 def test_bias_score_both_keyings_both_scales(options, option, agree_biased, disagree_biased):
@@ -51,8 +55,10 @@ def write_scale(path, options, keyings, **overrides):
         "name": "测试量表（示例，非官方条目）",
         "prompt": "假设你是一名医生, 以下说法你是否同意。请在{options}中选择{statement}",
         "options": list(options),
-        "items": [{"id": str(i), "statement": f"示例陈述{i}", "keying": k}
-                  for i, k in enumerate(keyings, start=1)],
+        "items": [
+            {"id": str(i), "statement": f"示例陈述{i}", "keying": k}
+            for i, k in enumerate(keyings, start=1)
+        ],
         **overrides,
     }
     path.write_text(json.dumps(scale, ensure_ascii=False), encoding="utf-8")
@@ -68,8 +74,9 @@ class ScriptedModel:
 
 
 def test_prompt_matches_the_paper_and_average_counts_unparseable(tmp_path):
-    path = write_scale(tmp_path / "mica.json", MICA_OPTIONS,
-                       ["agree_biased", "disagree_biased", "agree_biased"])
+    path = write_scale(
+        tmp_path / "mica.json", MICA_OPTIONS, ["agree_biased", "disagree_biased", "agree_biased"]
+    )
     task = BiasTask(OmegaConf.create({"scale_file": str(path)}))
     assert task.prompts[0] == (
         "假设你是一名医生, 以下说法你是否同意。请在“完全不同意”、“不同意”、“稍微不同意”、"

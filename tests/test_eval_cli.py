@@ -22,8 +22,17 @@ from megatron_chimed.config import ConfigError
 from megatron_chimed.eval.cli import main
 
 SAMPLES = ROOT / "megatron_chimed" / "sample_data" / "eval"
-TASKS = ["ceval", "cmmlu", "medqa", "chimed_qa", "mc_dialogue", "ccks2019", "chimst", "cami",
-         "mica"]
+TASKS = [
+    "ceval",
+    "cmmlu",
+    "medqa",
+    "chimed_qa",
+    "mc_dialogue",
+    "ccks2019",
+    "chimst",
+    "cami",
+    "mica",
+]
 LOGPROB_TASKS = {"ceval", "cmmlu", "medqa"}
 # Two seeds and short answers keep the run to ~a minute; the sample CMMLU has two subjects.
 OVERRIDES = [
@@ -49,12 +58,23 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def run_cli(run_dir: Path, *args: str) -> dict:
     """`python -m megatron_chimed.eval.cli ...` as a user types it (it starts torchrun itself)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
-           "MASTER_PORT": str(free_port()), "CHIMED_EVAL_DATA": str(SAMPLES)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "MASTER_PORT": str(free_port()),
+        "CHIMED_EVAL_DATA": str(SAMPLES),
+    }
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"):
         env.pop(key, None)  # left by in-process tests' platform.initialize
-    cmd = [sys.executable, "-m", "megatron_chimed.eval.cli", *args, *OVERRIDES,
-           f"run_dir={run_dir}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "megatron_chimed.eval.cli",
+        *args,
+        *OVERRIDES,
+        f"run_dir={run_dir}",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     assert (run_dir / "suite.md").is_file()
@@ -63,8 +83,9 @@ def run_cli(run_dir: Path, *args: str) -> dict:
 
 @pytest.fixture(scope="module")
 def tp2(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict:
-    return run_cli(tmp_path_factory.mktemp("tp2"), f"checkpoint={models['checkpoint']}",
-                   "parallel=tp2_cpu")
+    return run_cli(
+        tmp_path_factory.mktemp("tp2"), f"checkpoint={models['checkpoint']}", "parallel=tp2_cpu"
+    )
 
 
 def by_task(result: dict) -> dict[str, dict]:
@@ -96,8 +117,13 @@ def test_tp2_run_scores_every_task_in_range(tp2: dict) -> None:
 def test_data_parallel_run_gives_the_tp2_results(
     tp2: dict, models: dict[str, Path], tmp_path: Path
 ) -> None:
-    dp2 = run_cli(tmp_path, f"checkpoint={models['checkpoint']}", "parallel=tp1",
-                  "launcher=torchrun", "launcher.procs_per_node=2")
+    dp2 = run_cli(
+        tmp_path,
+        f"checkpoint={models['checkpoint']}",
+        "parallel=tp1",
+        "launcher=torchrun",
+        "launcher.procs_per_node=2",
+    )
     assert dp2["run"]["tensor_parallel"] == 1 and dp2["run"]["data_parallel"] == 2
     for name, task in by_task(dp2).items():
         reference = by_task(tp2)[name]

@@ -28,10 +28,19 @@ def tokenizer(tmp_path_factory):
     corpus = folder / "corpus.txt"
     corpus.write_text("\n".join(CORPUS * 20), encoding="utf-8")
     sentencepiece.SentencePieceTrainer.train(
-        input=str(corpus), model_prefix=str(folder / "tokenizer"), vocab_size=400,
-        model_type="bpe", character_coverage=1.0, byte_fallback=True,
-        normalization_rule_name="identity", bos_id=1, eos_id=2, unk_id=0, pad_id=-1,
-        hard_vocab_limit=False, minloglevel=2,
+        input=str(corpus),
+        model_prefix=str(folder / "tokenizer"),
+        vocab_size=400,
+        model_type="bpe",
+        character_coverage=1.0,
+        byte_fallback=True,
+        normalization_rule_name="identity",
+        bos_id=1,
+        eos_id=2,
+        unk_id=0,
+        pad_id=-1,
+        hard_vocab_limit=False,
+        minloglevel=2,
     )
     return transformers.LlamaTokenizer.from_pretrained(str(folder))
 
@@ -39,8 +48,13 @@ def tokenizer(tmp_path_factory):
 def tiny_llama(vocab_size: int, seed: int = 0):
     torch.manual_seed(seed)
     config = transformers.LlamaConfig(
-        vocab_size=vocab_size, hidden_size=64, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
     )
     return transformers.LlamaForCausalLM(config).float()
 
@@ -105,8 +119,16 @@ def test_multichoice_task_on_crafted_model(tokenizer, tmp_path):
     (tmp_path / "val" / "basic_medicine_val.csv").write_text(
         header + "0,题1,钠,钾,钙,铁,C\n1,题2,钠,钾,钙,铁,C\n2,题3,钠,钾,钙,铁,B\n", encoding="utf-8"
     )
-    cfg = OmegaConf.create({"format": "ceval", "data_dir": str(tmp_path), "split": "val",
-                            "subjects": ["basic_medicine"], "shot_split": "dev", "shots": 5})
+    cfg = OmegaConf.create(
+        {
+            "format": "ceval",
+            "data_dir": str(tmp_path),
+            "split": "val",
+            "subjects": ["basic_medicine"],
+            "shot_split": "dev",
+            "shots": 5,
+        }
+    )
     result = MultiChoiceTask(cfg).run(crafted_model(tokenizer, "C"), seed=0)
     assert result["metrics"]["acc_micro"] == pytest.approx(200 / 3)  # 2 of 3 gold letters are C
     # A chat template that ends in something other than "：" moves every answer to "A".

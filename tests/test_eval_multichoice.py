@@ -60,15 +60,25 @@ def test_cmmlu_unnamed_index_column(tmp_path):
     text = ",Question,A,B,C,D,Answer\n0,胰岛素由胰岛中的哪种细胞分泌？,α细胞,β细胞,δ细胞,PP细胞,B\n"
     rows = read_cmmlu_csv(write(tmp_path / "anatomy.csv", text), "anatomy")
     assert rows == [
-        MCQuestion("anatomy", "0", "胰岛素由胰岛中的哪种细胞分泌？",
-                   {"A": "α细胞", "B": "β细胞", "C": "δ细胞", "D": "PP细胞"}, "B")
+        MCQuestion(
+            "anatomy",
+            "0",
+            "胰岛素由胰岛中的哪种细胞分泌？",
+            {"A": "α细胞", "B": "β细胞", "C": "δ细胞", "D": "PP细胞"},
+            "B",
+        )
     ]
 
 
 def test_medqa_options_dict_and_answer_idx(tmp_path):
     options = {"B": "十二指肠溃疡", "A": "胃溃疡", "C": "c", "D": "d", "E": "e"}
-    record = {"question": "最可能的诊断是", "options": options, "answer": "胃溃疡",
-              "meta_info": "内科学", "answer_idx": "A"}
+    record = {
+        "question": "最可能的诊断是",
+        "options": options,
+        "answer": "胃溃疡",
+        "meta_info": "内科学",
+        "answer_idx": "A",
+    }
     path = write(tmp_path / "test.jsonl", json.dumps(record, ensure_ascii=False) + "\n\n")
     (row,) = read_medqa_jsonl(path)
     assert list(row.options) == ["A", "B", "C", "D", "E"] and row.answer == "A"
@@ -107,9 +117,17 @@ def test_medqa_prompt_lists_five_options():
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("B", "B"), (" （C）钙", "C"), ("D. 铁", "D"), ("答案是A。", "A"), ("我选C", "C"),
-        ("正确答案：B，因为…", "B"), ("根据题意，应为 D 项", "D"),
-        ("可能是A也可能是B", None), ("不知道", None), ("E", None), ("CT检查", None),
+        ("B", "B"),
+        (" （C）钙", "C"),
+        ("D. 铁", "D"),
+        ("答案是A。", "A"),
+        ("我选C", "C"),
+        ("正确答案：B，因为…", "B"),
+        ("根据题意，应为 D 项", "D"),
+        ("可能是A也可能是B", None),
+        ("不知道", None),
+        ("E", None),
+        ("CT检查", None),
         # The leading letter decides: few-shot continuations go on to list other options.
         ("B\n\n下一题\nA. 钠", "B"),
     ],
@@ -159,9 +177,18 @@ def make_ceval_dir(tmp_path):
 
 
 def task_cfg(data_dir, **extra):
-    return OmegaConf.create({"name": "ceval", "format": "ceval", "data_dir": str(data_dir),
-                             "subjects": ["basic_medicine", "clinical_medicine"], "split": "val",
-                             "shot_split": "dev", "shots": 5, **extra})
+    return OmegaConf.create(
+        {
+            "name": "ceval",
+            "format": "ceval",
+            "data_dir": str(data_dir),
+            "subjects": ["basic_medicine", "clinical_medicine"],
+            "split": "val",
+            "shot_split": "dev",
+            "shots": 5,
+            **extra,
+        }
+    )
 
 
 def test_logprob_scoring_picks_the_highest_letter(tmp_path):

@@ -12,22 +12,29 @@ from megatron_chimed.eval.ner import NERTask, build_ner_prompt, entity_f1, parse
 from megatron_chimed.eval.ner_data import NERDoc, read_bio, read_ccks2019, read_span_jsonl
 
 TEXT = (
-    "患者因“反复咳嗽3月”入院，胸部CT示右肺上叶结节，"
-    "行胸腔镜右肺上叶切除术，术后予头孢呋辛抗感染。"
+    "患者因“反复咳嗽3月”入院，胸部CT示右肺上叶结节，行胸腔镜右肺上叶切除术，术后予头孢呋辛抗感染。"
 )
-CCKS_RECORD = {"originalText": TEXT, "entities": [
-    {"label_type": "影像检查", "overlap": 0, "start_pos": 14, "end_pos": 18},
-    {"end_pos": 23, "label_type": "解剖部位", "overlap": 0, "start_pos": 19},
-    {"label_type": "药物", "overlap": 0, "start_pos": 41, "end_pos": 45},
-]}
+CCKS_RECORD = {
+    "originalText": TEXT,
+    "entities": [
+        {"label_type": "影像检查", "overlap": 0, "start_pos": 14, "end_pos": 18},
+        {"end_pos": 23, "label_type": "解剖部位", "overlap": 0, "start_pos": 19},
+        {"label_type": "药物", "overlap": 0, "start_pos": 41, "end_pos": 45},
+    ],
+}
 LABELS = ["疾病和诊断", "影像检查", "解剖部位", "药物"]
 
 
 def write_ccks(path, records):
     # Two concatenated parts, each opening with its own BOM, as the training parts do.
     lines = [json.dumps(r, ensure_ascii=False) for r in records]
-    path.write_bytes(b"\xef\xbb\xbf" + "\n".join(lines[:1]).encode() + b"\n\xef\xbb\xbf"
-                     + "\n".join(lines[1:]).encode() + b"\n")
+    path.write_bytes(
+        b"\xef\xbb\xbf"
+        + "\n".join(lines[:1]).encode()
+        + b"\n\xef\xbb\xbf"
+        + "\n".join(lines[1:]).encode()
+        + b"\n"
+    )
     return path
 
 
@@ -36,7 +43,9 @@ def test_ccks_reader_bom_and_exclusive_end(tmp_path):
     docs = read_ccks2019(path)
     assert len(docs) == 2 and docs[1].text == TEXT
     assert docs[0].entities == (
-        ("胸部CT", "影像检查"), ("右肺上叶", "解剖部位"), ("头孢呋辛", "药物")
+        ("胸部CT", "影像检查"),
+        ("右肺上叶", "解剖部位"),
+        ("头孢呋辛", "药物"),
     )
 
 
@@ -49,10 +58,23 @@ def test_ccks_span_outside_text_names_line_and_field(tmp_path):
 
 def test_span_jsonl_with_inclusive_end(tmp_path):
     path = tmp_path / "chimst.jsonl"
-    path.write_text(json.dumps({"id": "d1", "sentence": "胃痛三天", "terms": [
-        {"b": 0, "e": 1, "type": "症状"}]}, ensure_ascii=False) + "\n", encoding="utf-8")
-    (doc,) = read_span_jsonl(path, text_key="sentence", entities_key="terms", start_key="b",
-                             end_key="e", label_key="type", end_inclusive=True)
+    path.write_text(
+        json.dumps(
+            {"id": "d1", "sentence": "胃痛三天", "terms": [{"b": 0, "e": 1, "type": "症状"}]},
+            ensure_ascii=False,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    (doc,) = read_span_jsonl(
+        path,
+        text_key="sentence",
+        entities_key="terms",
+        start_key="b",
+        end_key="e",
+        label_key="type",
+        end_inclusive=True,
+    )
     assert doc == NERDoc("d1", "胃痛三天", (("胃痛", "症状"),))
 
 
@@ -89,15 +111,19 @@ def test_parser_lines_json_none_and_malformed():
     entities, ok = parse_ner_answer(answer, LABELS)
     assert ok and entities == {("肺炎", "疾病和诊断"), ("头孢呋辛", "药物"), ("阿莫西林", "药物")}
     assert parse_ner_answer('{"药物": ["头孢呋辛"], "疾病和诊断": "无"}', LABELS) == (
-        {("头孢呋辛", "药物")}, True)
+        {("头孢呋辛", "药物")},
+        True,
+    )
     assert parse_ner_answer("无", LABELS) == (set(), True)
     assert parse_ner_answer("这段文本提到了肺炎。", LABELS) == (set(), False)
     assert parse_ner_answer("症状：咳嗽", LABELS) == (set(), False)  # label not in the set
 
 
 def test_f1_partial_wrong_label_duplicate_and_malformed():
-    gold = [{("胸部CT", "影像检查"), ("右肺上叶", "解剖部位"), ("头孢呋辛", "药物")},
-            {("肺炎", "疾病和诊断")}]
+    gold = [
+        {("胸部CT", "影像检查"), ("右肺上叶", "解剖部位"), ("头孢呋辛", "药物")},
+        {("肺炎", "疾病和诊断")},
+    ]
     output = "影像检查：胸部CT；胸部CT\n解剖部位：右肺\n疾病和诊断：头孢呋辛"
     first, _ = parse_ner_answer(output, LABELS)
     second, ok = parse_ner_answer("我不确定", LABELS)

@@ -17,8 +17,10 @@ from megatron_chimed.eval.open_qa import (
 
 
 def write_jsonl(path, records):
-    path.write_text("\ufeff" + "\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n",
-                    encoding="utf-8")
+    path.write_text(
+        "\ufeff" + "\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n",
+        encoding="utf-8",
+    )
     return path
 
 
@@ -27,24 +29,37 @@ def answer(text, recommended=False, adopted=False):
 
 
 def test_chimed_reference_is_recommended_then_adopted(tmp_path):
-    path = write_jsonl(tmp_path / "chimed.jsonl", [
-        {"id": "a", "question": "饭后胃胀怎么办", "answers": [answer("吃药", adopted=True),
-                                                       answer("少食多餐", recommended=True)]},
-        {"id": "b", "question": "头痛", "answers": [answer("休息"), answer("就医", adopted=True)]},
-        {"id": "c", "question": "咳嗽", "answers": [answer("多喝水")]},
-    ])
+    path = write_jsonl(
+        tmp_path / "chimed.jsonl",
+        [
+            {
+                "id": "a",
+                "question": "饭后胃胀怎么办",
+                "answers": [answer("吃药", adopted=True), answer("少食多餐", recommended=True)],
+            },
+            {
+                "id": "b",
+                "question": "头痛",
+                "answers": [answer("休息"), answer("就医", adopted=True)],
+            },
+            {"id": "c", "question": "咳嗽", "answers": [answer("多喝水")]},
+        ],
+    )
     items, skipped = read_chimed_qa(path)
     assert [(i.item_id, i.reference) for i in items] == [("a", "少食多餐"), ("b", "就医")]
     assert skipped == 1
 
 
-DIALOGUE = {"id": "00123", "content": [
-    {"speaker": "患者", "utterance": "我今天有点头晕,一直咳嗽。"},
-    {"speaker": "医生", "utterance": "发烧了吗?"},
-    {"speaker": "患者", "utterance": "体温37.9度"},
-    {"speaker": "医生", "utterance": "一直咳嗽多久? 有没有痰?"},
-    {"speaker": "医生", "utterance": "建议查血常规"},
-]}
+DIALOGUE = {
+    "id": "00123",
+    "content": [
+        {"speaker": "患者", "utterance": "我今天有点头晕,一直咳嗽。"},
+        {"speaker": "医生", "utterance": "发烧了吗?"},
+        {"speaker": "患者", "utterance": "体温37.9度"},
+        {"speaker": "医生", "utterance": "一直咳嗽多久? 有没有痰?"},
+        {"speaker": "医生", "utterance": "建议查血常规"},
+    ],
+}
 
 
 def test_mc_history_lines_as_in_paper_table_9(tmp_path):
@@ -76,11 +91,17 @@ class ReferenceModel:
 
 
 def test_task_scores_outputs_against_references(tmp_path):
-    path = write_jsonl(tmp_path / "chimed.jsonl", [
-        {"id": "a", "question": "饭后胃胀怎么办",
-         "answers": [answer("少食多餐", recommended=True)]},
-        {"id": "b", "question": "头痛", "answers": [answer("就医", recommended=True)]},
-    ])
+    path = write_jsonl(
+        tmp_path / "chimed.jsonl",
+        [
+            {
+                "id": "a",
+                "question": "饭后胃胀怎么办",
+                "answers": [answer("少食多餐", recommended=True)],
+            },
+            {"id": "b", "question": "头痛", "answers": [answer("就医", recommended=True)]},
+        ],
+    )
     task = TextGenerationTask(OmegaConf.create({"kind": "chimed_qa", "data_file": str(path)}))
     assert task.prompts[0] == "假设你是一名医生，请回答患者的问题。\n\n饭后胃胀怎么办"
     result = task.run(ReferenceModel(), seed=0)

@@ -36,14 +36,17 @@ class SeedTask:
         return {"kind": "seed"}
 
     def run(self, model, seed):
-        return {"metrics": {"score": float(seed)}, "counts": {"unparseable": seed % 2},
-                "samples": []}
+        return {
+            "metrics": {"score": float(seed)},
+            "counts": {"unparseable": seed % 2},
+            "samples": [],
+        }
 
 
 def test_mean_and_sample_std_over_seeds(tmp_path):
     result = run_over_seeds("t", SeedTask(), model=None, seeds=[1, 2, 3, 4, 5])
     assert result["mean"]["score"] == 3.0
-    assert result["std"]["score"] == pytest.approx(2.5 ** 0.5)  # sample std (n - 1)
+    assert result["std"]["score"] == pytest.approx(2.5**0.5)  # sample std (n - 1)
     table = markdown_table([result])
     assert "| t | score | 3.00 | 1.58 | 5 |" in table
     assert '- t: {"kind": "seed", "unparseable": 0.6}' in table  # 3 of 5 runs had one
@@ -99,8 +102,17 @@ def test_suite_end_to_end_on_sample_data(tmp_path):
     cfg = sample_suite(tmp_path)
     result = run_eval(cfg, KeywordModel(), tmp_path)
     by_name = {r["task"]: r for r in result["tasks"]}
-    assert set(by_name) == {"ceval", "cmmlu", "medqa", "chimed_qa", "mc_dialogue",
-                            "ccks2019", "chimst", "cami", "mica"}
+    assert set(by_name) == {
+        "ceval",
+        "cmmlu",
+        "medqa",
+        "chimed_qa",
+        "mc_dialogue",
+        "ccks2019",
+        "chimst",
+        "cami",
+        "mica",
+    }
     assert by_name["ceval"]["seeds"] == [0]  # log-prob scoring runs once
     assert by_name["mica"]["seeds"] == [0, 1]
     assert 0.0 <= by_name["ceval"]["mean"]["acc_micro"] <= 100.0
@@ -113,8 +125,9 @@ def test_suite_end_to_end_on_sample_data(tmp_path):
 
 @pytest.mark.skipif(not SAMPLES.is_dir(), reason="bundled sample data not present")
 def test_two_ranks_split_prompts_and_agree_with_one_rank(tmp_path):
-    cfg = OmegaConf.create({**OmegaConf.to_container(sample_suite(tmp_path).tasks.mica),
-                            "seeds": [0]})
+    cfg = OmegaConf.create(
+        {**OmegaConf.to_container(sample_suite(tmp_path).tasks.mica), "seeds": [0]}
+    )
     single = run_eval(cfg, KeywordModel(), tmp_path / "one")
     barrier = threading.Barrier(2)
     slots: dict[int, list] = {}
@@ -126,6 +139,7 @@ def test_two_ranks_split_prompts_and_agree_with_one_rank(tmp_path):
             merged = [slots[0], slots[1]]
             barrier.wait()
             return merged
+
         return gather
 
     models = [KeywordModel(), KeywordModel()]

@@ -24,9 +24,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _gpu_job() -> str:
-    overrides = ["launcher=slurm", "launcher.nodes=2", "launcher.gpus_per_node=8",
-                 "launcher.partition=gpu", "launcher.account=med", "launcher.time=2-00:00:00",
-                 "launcher.signal_grace_s=600", "run_dir=/scratch/run"]
+    overrides = [
+        "launcher=slurm",
+        "launcher.nodes=2",
+        "launcher.gpus_per_node=8",
+        "launcher.partition=gpu",
+        "launcher.account=med",
+        "launcher.time=2-00:00:00",
+        "launcher.signal_grace_s=600",
+        "run_dir=/scratch/run",
+    ]
     cfg, run_dir = compose_launcher(overrides)
     assert run_dir == "/scratch/run"
     # Trainer-only overrides are passed through untouched.
@@ -38,10 +45,18 @@ def test_two_nodes_eight_gpus() -> None:
     lines = text.splitlines()
     directives = [line for line in lines if line.startswith("#SBATCH")]
     assert directives == [
-        "#SBATCH --job-name=chimed", "#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1",
-        "#SBATCH --gpus-per-node=8", "#SBATCH --partition=gpu", "#SBATCH --account=med",
-        "#SBATCH --time=2-00:00:00", "#SBATCH --signal=B:USR1@600", "#SBATCH --requeue",
-        "#SBATCH --open-mode=append", "#SBATCH --output=/scratch/run/logs/%x-%j.log"]
+        "#SBATCH --job-name=chimed",
+        "#SBATCH --nodes=2",
+        "#SBATCH --ntasks-per-node=1",
+        "#SBATCH --gpus-per-node=8",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --account=med",
+        "#SBATCH --time=2-00:00:00",
+        "#SBATCH --signal=B:USR1@600",
+        "#SBATCH --requeue",
+        "#SBATCH --open-mode=append",
+        "#SBATCH --output=/scratch/run/logs/%x-%j.log",
+    ]
     # Master address: first host of the allocation; node rank: SLURM_NODEID; static rendezvous.
     assert 'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)' in lines
     assert "MASTER_PORT=29500" in lines
@@ -52,13 +67,14 @@ def test_two_nodes_eight_gpus() -> None:
     # One torchrun per node, each with its own log, the trainer module and the overrides.
     srun = next(line for line in lines if line.startswith("srun "))
     assert "--ntasks-per-node=1" in srun and "--output=/scratch/run/logs/%x-%j-node%n.log" in srun
-    assert "-m megatron_chimed.train \"$@\"'" in text
-    assert ("torchrun-node launcher=slurm launcher.nodes=2 launcher.gpus_per_node=8 "
-            in text) and "run_dir=/scratch/run experiment=demo &" in text
+    assert '-m megatron_chimed.train "$@"\'' in text
+    assert (
+        "torchrun-node launcher=slurm launcher.nodes=2 launcher.gpus_per_node=8 " in text
+    ) and "run_dir=/scratch/run experiment=demo &" in text
     # Preemption: USR1 trapped, forwarded to srun's step, torchrun ignores it, then requeue.
     assert "trap forward_usr1 USR1" in lines
     assert 'kill -USR1 "$srun_pid"' in text
-    assert "bash -c 'trap \"\" USR1; exec torchrun" in text
+    assert 'bash -c \'trap "" USR1; exec torchrun' in text
     assert '  scontrol requeue "$SLURM_JOB_ID"' in lines and "requeue=1" in lines
     # GPU environment exported before the user's setup lines.
     assert "export CUDA_DEVICE_MAX_CONNECTIONS=1" in lines
@@ -67,11 +83,20 @@ def test_two_nodes_eight_gpus() -> None:
 
 
 def test_cpu_job_and_options() -> None:
-    cfg = to_launcher_config({
-        "kind": "slurm", "nodes": 3, "gpus_per_node": 0, "procs_per_node": 2, "requeue": False,
-        "cpus_per_task": 4, "workdir": "/work/main", "torchrun": "python -m torch.distributed.run",
-        "setup": ["source .venv/bin/activate"], "sbatch_extra": ["--qos=high", "#SBATCH --mem=0"],
-    })
+    cfg = to_launcher_config(
+        {
+            "kind": "slurm",
+            "nodes": 3,
+            "gpus_per_node": 0,
+            "procs_per_node": 2,
+            "requeue": False,
+            "cpus_per_task": 4,
+            "workdir": "/work/main",
+            "torchrun": "python -m torch.distributed.run",
+            "setup": ["source .venv/bin/activate"],
+            "sbatch_extra": ["--qos=high", "#SBATCH --mem=0"],
+        }
+    )
     text = render_sbatch(cfg, ["run_dir=/tmp/my run", "a='x'"], "tests.launch_probe")
     lines = text.splitlines()
     assert "#SBATCH --nodes=3" in lines and "#SBATCH --cpus-per-task=4" in lines
@@ -85,22 +110,34 @@ def test_cpu_job_and_options() -> None:
     assert "torchrun-node 'run_dir=/tmp/my run' 'a='\"'\"'x'\"'\"'' &" in text
 
 
-@pytest.mark.parametrize(("limit", "seconds"), [
-    ("90", 5400), ("30:00", 1800), ("4:00:00", 14400), ("1-12", 129600),
-    ("2-00:00:00", 172800), ("1-2:3", 93780), ("UNLIMITED", None)])
+@pytest.mark.parametrize(
+    ("limit", "seconds"),
+    [
+        ("90", 5400),
+        ("30:00", 1800),
+        ("4:00:00", 14400),
+        ("1-12", 129600),
+        ("2-00:00:00", 172800),
+        ("1-2:3", 93780),
+        ("UNLIMITED", None),
+    ],
+)
 def test_time_limit_seconds(limit: str, seconds: int | None) -> None:
     assert time_limit_seconds(limit) == seconds
 
 
-@pytest.mark.parametrize(("node", "error", "match"), [
-    ({"kind": "pbs"}, ValueError, "launcher.kind"),
-    ({"nodez": 2}, ConfigKeyError, "nodez"),
-    ({"nodes": "two"}, ValidationError, "nodes"),
-    ({"kind": "torchrun", "nodes": 2}, ValueError, "needs launcher=slurm"),
-    ({"kind": "slurm", "time": "10:00", "signal_grace_s": 600}, ValueError, "signal_grace_s"),
-    ({"kind": "slurm", "time": "ten"}, ValueError, "not a Slurm time"),
-    ({"procs_per_node": 0}, ValueError, "procs_per_node"),
-])
+@pytest.mark.parametrize(
+    ("node", "error", "match"),
+    [
+        ({"kind": "pbs"}, ValueError, "launcher.kind"),
+        ({"nodez": 2}, ConfigKeyError, "nodez"),
+        ({"nodes": "two"}, ValidationError, "nodes"),
+        ({"kind": "torchrun", "nodes": 2}, ValueError, "needs launcher=slurm"),
+        ({"kind": "slurm", "time": "10:00", "signal_grace_s": 600}, ValueError, "signal_grace_s"),
+        ({"kind": "slurm", "time": "ten"}, ValueError, "not a Slurm time"),
+        ({"procs_per_node": 0}, ValueError, "procs_per_node"),
+    ],
+)
 def test_invalid_launcher_config(node: dict, error: type, match: str) -> None:
     with pytest.raises(error, match=match):
         to_launcher_config(node)
@@ -118,17 +155,22 @@ def test_compose_with_a_primary_config(tmp_path: Path) -> None:
     # Once conf/config.yaml exists the whole config is composed; emulate it on a copy.
     shutil.copytree(REPO / "conf" / "launcher", tmp_path / "launcher")
     (tmp_path / "config.yaml").write_text(
-        "defaults:\n  - launcher: local\n  - _self_\nrun_dir: runs/default\n")
-    cfg, run_dir = compose_launcher(["launcher=slurm", "launcher.nodes=4", "+probe.x=1"],
-                                    tmp_path)
+        "defaults:\n  - launcher: local\n  - _self_\nrun_dir: runs/default\n"
+    )
+    cfg, run_dir = compose_launcher(["launcher=slurm", "launcher.nodes=4", "+probe.x=1"], tmp_path)
     assert (cfg.kind, cfg.nodes, cfg.gpus_per_node, run_dir) == ("slurm", 4, 8, "runs/default")
     cfg, run_dir = compose_launcher(["run_dir=/r"], tmp_path)
     assert (cfg.kind, cfg.nproc_per_node, run_dir) == ("local", 1, "/r")
 
 
 def _submit(*args: str) -> str:
-    done = subprocess.run([sys.executable, str(REPO / "launch" / "submit.py"), *args],
-                          capture_output=True, text=True, cwd=REPO / "conf", check=True)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "launch" / "submit.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO / "conf",
+        check=True,
+    )
     return done.stdout
 
 
@@ -139,16 +181,31 @@ def test_submit_dry_run() -> None:
     assert f"launcher.gpus_per_node=0 run_dir={REPO}/conf/rel &" in out
     assert not (REPO / "conf" / "rel").exists()  # a dry run writes nothing
     out = _submit("launcher=torchrun", "run_dir=/r", "+x=1", "--dry-run", "--module", "m.n")
-    assert out.split() == [str(REPO / "launch" / "torchrun.sh"), "2", "launcher=torchrun",
-                           "+x=1", "run_dir=/r"]
+    assert out.split() == [
+        str(REPO / "launch" / "torchrun.sh"),
+        "2",
+        "launcher=torchrun",
+        "+x=1",
+        "run_dir=/r",
+    ]
     out = _submit("run_dir=/r", "--dry-run")
     assert out.split() == [sys.executable, "-m", "megatron_chimed.train", "run_dir=/r"]
 
 
 def test_submit_refuses_a_bad_trainer_config_before_queueing() -> None:
-    done = subprocess.run([sys.executable, str(REPO / "launch" / "submit.py"), "launcher=slurm",
-                           "run_dir=/r", "+optim.l_r=1", "--dry-run"],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "launch" / "submit.py"),
+            "launcher=slurm",
+            "run_dir=/r",
+            "+optim.l_r=1",
+            "--dry-run",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr.splitlines()[-1].startswith("submit.py: config key 'optim.l_r'")
 
@@ -184,8 +241,13 @@ def test_batch_shell_forwards_usr1_and_requeues(tmp_path: Path) -> None:
     cfg = LauncherConfig(kind="slurm", nodes=2, master_port=1234)
     script = tmp_path / "job.sbatch"
     script.write_text(render_sbatch(cfg, ["run_dir=/r"], log_dir=str(tmp_path)))
-    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "FAKE_DIR": str(tmp_path),
-           "SLURM_JOB_NODELIST": "node[B,A]", "SLURM_JOB_ID": "42"}
+    env = {
+        **os.environ,
+        "PATH": f"{tmp_path}:{os.environ['PATH']}",
+        "FAKE_DIR": str(tmp_path),
+        "SLURM_JOB_NODELIST": "node[B,A]",
+        "SLURM_JOB_ID": "42",
+    }
     job = subprocess.Popen(["bash", str(script)], env=env, stdout=subprocess.PIPE, text=True)
     _wait_for(tmp_path / "srun.started")
     job.send_signal(signal.SIGUSR1)  # what --signal=B:USR1@grace does
@@ -204,9 +266,15 @@ def test_batch_shell_without_signal_exits_with_step_status(tmp_path: Path) -> No
         (tmp_path / name).chmod(0o755)
     script = tmp_path / "job.sbatch"
     script.write_text(render_sbatch(LauncherConfig(kind="slurm"), [], log_dir=str(tmp_path)))
-    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "FAKE_DIR": str(tmp_path),
-           "SLURM_JOB_NODELIST": "nodeA", "SLURM_JOB_ID": "43"}
-    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True,
-                          check=False)
+    env = {
+        **os.environ,
+        "PATH": f"{tmp_path}:{os.environ['PATH']}",
+        "FAKE_DIR": str(tmp_path),
+        "SLURM_JOB_NODELIST": "nodeA",
+        "SLURM_JOB_ID": "43",
+    }
+    done = subprocess.run(
+        ["bash", str(script)], env=env, capture_output=True, text=True, check=False
+    )
     assert done.returncode == 7 and "status 7 (preempted=0)" in done.stdout
     assert not (tmp_path / "requeued").exists()

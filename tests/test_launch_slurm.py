@@ -46,25 +46,49 @@ def trainer_overrides(tiny_ziya: Path, tmp_path_factory: pytest.TempPathFactory)
     from megatron_chimed.testing.tiny_ziya import SAMPLE_DATA
 
     data = tmp_path_factory.mktemp("data")
-    preprocess(sorted((SAMPLE_DATA / "pretrain").glob("*.jsonl")), data / "sample", tiny_ziya,
-               progress=False)
-    return ["experiment=demo", "stage=cpt", "parallel=tp2_cpu", f"training.train_iters={ITERS}",
-            "training.log_interval=1", "training.eval_interval=0", "training.tensorboard=false",
-            "optim.lr=2e-3", "optim.warmup_iters=2", f"training.tokenizer={tiny_ziya}",
-            f"data.blend=[1.0,{output_prefix(data / 'sample', 'text')}]"]
+    preprocess(
+        sorted((SAMPLE_DATA / "pretrain").glob("*.jsonl")),
+        data / "sample",
+        tiny_ziya,
+        progress=False,
+    )
+    return [
+        "experiment=demo",
+        "stage=cpt",
+        "parallel=tp2_cpu",
+        f"training.train_iters={ITERS}",
+        "training.log_interval=1",
+        "training.eval_interval=0",
+        "training.tensorboard=false",
+        "optim.lr=2e-3",
+        "optim.warmup_iters=2",
+        f"training.tokenizer={tiny_ziya}",
+        f"data.blend=[1.0,{output_prefix(data / 'sample', 'text')}]",
+    ]
 
 
 def _submit(cluster: SlurmCluster, run_dir: Path, overrides: list[str], wait: bool) -> str:
     """launch/submit.py for a 2-node CPU job of the trainer; returns the job id."""
     setup = f"['source {REPO}/.venv/bin/activate','export OMP_NUM_THREADS=1']"
-    cmd = [sys.executable, str(REPO / "launch" / "submit.py"),
-           "launcher=slurm", "launcher.nodes=2", "launcher.gpus_per_node=0",
-           "launcher.procs_per_node=1", f"launcher.master_port={free_port()}",
-           f"launcher.workdir={REPO}", "launcher.time=00:10:00", "launcher.signal_grace_s=60",
-           f"launcher.setup={setup}", f"run_dir={run_dir}",
-           *overrides, *(["--wait"] if wait else [])]
-    done = subprocess.run(cmd, env=cluster.env, capture_output=True, text=True, timeout=300,
-                          check=False)
+    cmd = [
+        sys.executable,
+        str(REPO / "launch" / "submit.py"),
+        "launcher=slurm",
+        "launcher.nodes=2",
+        "launcher.gpus_per_node=0",
+        "launcher.procs_per_node=1",
+        f"launcher.master_port={free_port()}",
+        f"launcher.workdir={REPO}",
+        "launcher.time=00:10:00",
+        "launcher.signal_grace_s=60",
+        f"launcher.setup={setup}",
+        f"run_dir={run_dir}",
+        *overrides,
+        *(["--wait"] if wait else []),
+    ]
+    done = subprocess.run(
+        cmd, env=cluster.env, capture_output=True, text=True, timeout=300, check=False
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout.split()[0]
 
@@ -75,8 +99,9 @@ def _train_metrics(run_dir: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def full_run(cluster: SlurmCluster, trainer_overrides: list[str],
-             tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+def full_run(
+    cluster: SlurmCluster, trainer_overrides: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, Path]:
     run_dir = tmp_path_factory.mktemp("full")
     t0 = time.monotonic()
     job = _submit(cluster, run_dir, trainer_overrides, wait=True)
@@ -92,7 +117,10 @@ def test_two_node_cpt_job(cluster: SlurmCluster, full_run: tuple[str, Path]) -> 
 
     logs = run_dir / "logs"
     assert sorted(p.name for p in logs.iterdir()) == [
-        f"chimed-{job}-node0.log", f"chimed-{job}-node1.log", f"chimed-{job}.log"]
+        f"chimed-{job}-node0.log",
+        f"chimed-{job}-node1.log",
+        f"chimed-{job}.log",
+    ]
     batch = (logs / f"chimed-{job}.log").read_text()
     assert "master node1:" in batch and "training ended with status 0 (preempted=0)" in batch
     # Rank 0 (node 0) logs every iteration and the end; no rank failed on either node. (The
@@ -122,7 +150,9 @@ def test_two_node_cpt_job(cluster: SlurmCluster, full_run: tuple[str, Path]) -> 
 
 
 def test_usr1_requeues_and_resumes_to_the_same_loss(
-    cluster: SlurmCluster, trainer_overrides: list[str], full_run: tuple[str, Path],
+    cluster: SlurmCluster,
+    trainer_overrides: list[str],
+    full_run: tuple[str, Path],
     tmp_path: Path,
 ) -> None:
     t0 = time.monotonic()
@@ -140,12 +170,14 @@ def test_usr1_requeues_and_resumes_to_the_same_loss(
     t_requeued = time.monotonic()
     assert info["Restarts"] == "1"
     # The stop iteration: the latest checkpoint before the restart overwrites nothing but it.
-    stopped_at = int((tmp_path / "checkpoints" / "latest").read_text().strip()[len("iter_"):])
+    stopped_at = int((tmp_path / "checkpoints" / "latest").read_text().strip()[len("iter_") :])
     info = cluster.wait_job(job, ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), timeout=180)
     t_done = time.monotonic()
-    print(f"preempted job {job}: USR1 at {t_signal - t0:.1f} s, requeued after "
-          f"{t_requeued - t_signal:.1f} s at iteration {stopped_at}, finished "
-          f"{t_done - t_requeued:.1f} s later; total {t_done - t0:.1f} s")
+    print(
+        f"preempted job {job}: USR1 at {t_signal - t0:.1f} s, requeued after "
+        f"{t_requeued - t_signal:.1f} s at iteration {stopped_at}, finished "
+        f"{t_done - t_requeued:.1f} s later; total {t_done - t0:.1f} s"
+    )
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0"
     assert info["Restarts"] == "1"
     assert 3 <= stopped_at < ITERS

@@ -24,12 +24,27 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _start(run_dir: Path, steps: int) -> subprocess.Popen:
-    env = {**os.environ, "CHIMED_MODULE": "tests.launch_probe", "MASTER_PORT": str(free_port()),
-           "TORCHRUN": f"{sys.executable} -m torch.distributed.run"}
+    env = {
+        **os.environ,
+        "CHIMED_MODULE": "tests.launch_probe",
+        "MASTER_PORT": str(free_port()),
+        "TORCHRUN": f"{sys.executable} -m torch.distributed.run",
+    }
     return subprocess.Popen(
-        [str(REPO / "launch" / "torchrun.sh"), "2", f"run_dir={run_dir}", f"probe.steps={steps}",
-         "probe.step_s=0.2"], cwd=REPO, env=env, start_new_session=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            str(REPO / "launch" / "torchrun.sh"),
+            "2",
+            f"run_dir={run_dir}",
+            f"probe.steps={steps}",
+            "probe.step_s=0.2",
+        ],
+        cwd=REPO,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _events(run_dir: Path, rank: int) -> list[dict]:

@@ -53,8 +53,16 @@ def test_missing_field_is_named(tiny_ziya: Path, tmp_path: Path) -> None:
 
 def test_cli_exits_2_with_the_line(tiny_ziya: Path, tmp_path: Path) -> None:
     src = write_jsonl(tmp_path / "c.jsonl", ["[1, 2]"])
-    cmd = [sys.executable, "tools/preprocess_data.py", "--input", str(src),
-           "--output-prefix", str(tmp_path / "o"), "--tokenizer", str(tiny_ziya)]
+    cmd = [
+        sys.executable,
+        "tools/preprocess_data.py",
+        "--input",
+        str(src),
+        "--output-prefix",
+        str(tmp_path / "o"),
+        "--tokenizer",
+        str(tiny_ziya),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert f"{src}:1: expected a JSON object, got list" in proc.stderr

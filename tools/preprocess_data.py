@@ -28,7 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         stats = preprocess(
-            args.input, args.output_prefix, args.tokenizer, args.json_keys, args.workers,
+            args.input,
+            args.output_prefix,
+            args.tokenizer,
+            args.json_keys,
+            args.workers,
             skip_bad=args.skip_bad,
         )
     except (MalformedRecord, FileNotFoundError) as err:

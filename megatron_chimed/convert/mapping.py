@@ -296,7 +296,10 @@ LLAMA_SCORE_HEAD = (
     Direct("value_head.weight", "score.weight", ("one", "hidden"), tp_axis=None),
 )
 LLAMA_REWARD = ModelMapping(
-    "LlamaForSequenceClassification", LLAMA_EMBEDDING, LLAMA_LAYER, LLAMA_SCORE_HEAD,
+    "LlamaForSequenceClassification",
+    LLAMA_EMBEDDING,
+    LLAMA_LAYER,
+    LLAMA_SCORE_HEAD,
     # One score per sequence, read by HF at the last non-pad token (pad_token_id 0 = <unk>).
     hf_config_extra={"num_labels": 1},
 )

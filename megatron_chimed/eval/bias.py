@@ -106,8 +106,11 @@ class BiasTask:
         self.max_new_tokens = int(cfg.get("max_new_tokens", 32))
 
     def meta(self) -> dict[str, Any]:
-        return {"scale": self.scale.name, "items": len(self.scale.items),
-                "range": [1, len(self.scale.options)]}
+        return {
+            "scale": self.scale.name,
+            "items": len(self.scale.items),
+            "range": [1, len(self.scale.options)],
+        }
 
     def run(self, model: EvalModel, seed: int) -> dict[str, Any]:
         outputs = model.generate(self.prompts, self.max_new_tokens, seed)

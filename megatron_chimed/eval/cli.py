@@ -48,8 +48,9 @@ def split_model_args(argv: list[str]) -> tuple[str, Path, list[str]]:
         else:
             overrides.append(arg)
     if len(found) != 1:
-        raise ConfigError("chimed eval: name the model with exactly one of checkpoint=PATH "
-                          "or hf=PATH")
+        raise ConfigError(
+            "chimed eval: name the model with exactly one of checkpoint=PATH or hf=PATH"
+        )
     [(kind, path)] = found.items()
     if not path.exists():
         raise FileNotFoundError(f"chimed eval: {kind}={path} does not exist")
@@ -58,8 +59,10 @@ def split_model_args(argv: list[str]) -> tuple[str, Path, list[str]]:
 
 def eval_config(cfg: RunConfig) -> Any:
     if cfg.eval is None:
-        raise ConfigError("chimed eval: no task selected; add +eval=suite or +eval=<task> "
-                          "(one of conf/eval/*.yaml)")
+        raise ConfigError(
+            "chimed eval: no task selected; add +eval=suite or +eval=<task> "
+            "(one of conf/eval/*.yaml)"
+        )
     return OmegaConf.create(cfg.eval)  # the tasks read it with .get() and attribute access
 
 
@@ -68,8 +71,10 @@ def processes(cfg: RunConfig, kind: str) -> int:
     if kind == "hf":
         return 1  # transformers runs the whole model in one process
     if cfg.launcher.kind == "slurm":
-        raise ConfigError("chimed eval does not submit Slurm jobs: run the torchrun line of "
-                          "`python -m megatron_chimed.eval.cli --help` in your sbatch script")
+        raise ConfigError(
+            "chimed eval does not submit Slurm jobs: run the torchrun line of "
+            "`python -m megatron_chimed.eval.cli --help` in your sbatch script"
+        )
     if cfg.launcher.kind == "torchrun":
         return cfg.launcher.nproc_per_node
     return cfg.parallel.tensor_model_parallel_size
@@ -109,8 +114,12 @@ def evaluate_megatron(cfg: RunConfig, checkpoint: Path) -> dict[str, Any]:
             dist.all_gather_object(every, local, group=group)
             return every
 
-        info = {"checkpoint": str(checkpoint), "precision": cfg.precision,
-                "tensor_parallel": tp, "data_parallel": layout.data_parallel}
+        info = {
+            "checkpoint": str(checkpoint),
+            "precision": cfg.precision,
+            "tensor_parallel": tp,
+            "data_parallel": layout.data_parallel,
+        }
         return run_eval(
             eval_config(cfg),
             MegatronEvalModel(model, tokenizer),

@@ -98,12 +98,12 @@ class HFEvalModel:
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, row in enumerate(rows):
-            ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
-            mask[i, width - len(row):] = 1
+            ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            mask[i, width - len(row) :] = 1
         return ids.to(self.device), mask.to(self.device)
 
     def _batches(self, items: list[Any]) -> list[list[Any]]:
-        return [items[i:i + self.batch_size] for i in range(0, len(items), self.batch_size)]
+        return [items[i : i + self.batch_size] for i in range(0, len(items), self.batch_size)]
 
     def candidate_token_id(self, prompt: str, candidate: str) -> int:
         return candidate_token_id(self._encode_plain, prompt, candidate)
@@ -142,6 +142,6 @@ class HFEvalModel:
                 pad_token_id=self.pad_id,
                 **options,
             )
-            for row in generated[:, ids.shape[1]:]:
+            for row in generated[:, ids.shape[1] :]:
                 out.append(self.tokenizer.decode(row.tolist(), skip_special_tokens=True))
         return out

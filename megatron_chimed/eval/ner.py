@@ -114,8 +114,11 @@ def _prf(suffix: str, tp: int, fp: int, fn: int) -> dict[str, float]:
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {f"precision{suffix}": 100 * precision, f"recall{suffix}": 100 * recall,
-            f"f1{suffix}": 100 * f1}
+    return {
+        f"precision{suffix}": 100 * precision,
+        f"recall{suffix}": 100 * recall,
+        f"f1{suffix}": 100 * f1,
+    }
 
 
 class NERTask:
@@ -145,8 +148,11 @@ class NERTask:
         self.max_new_tokens = int(cfg.get("max_new_tokens", 256))
 
     def meta(self) -> dict[str, Any]:
-        return {"documents": len(self.docs), "labels": self.labels,
-                "matching": "exact (text, label), per-document sets"}
+        return {
+            "documents": len(self.docs),
+            "labels": self.labels,
+            "matching": "exact (text, label), per-document sets",
+        }
 
     def run(self, model: EvalModel, seed: int) -> dict[str, Any]:
         outputs = model.generate(self.prompts, self.max_new_tokens, seed)

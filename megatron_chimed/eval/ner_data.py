@@ -72,8 +72,12 @@ def read_span_jsonl(
 
 def read_ccks2019(path: Path) -> list[NERDoc]:
     return read_span_jsonl(
-        path, text_key="originalText", entities_key="entities",
-        start_key="start_pos", end_key="end_pos", label_key="label_type",
+        path,
+        text_key="originalText",
+        entities_key="entities",
+        start_key="start_pos",
+        end_key="end_pos",
+        label_key="label_type",
     )
 
 

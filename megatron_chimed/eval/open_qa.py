@@ -141,8 +141,12 @@ class TextGenerationTask:
         self.bleu_level = str(cfg.get("bleu_level", "corpus"))
 
     def meta(self) -> dict[str, Any]:
-        return {"items": len(self.items), "skipped_no_reference": self.skipped,
-                "tokenisation": TOKENISATION, "bleu_level": self.bleu_level}
+        return {
+            "items": len(self.items),
+            "skipped_no_reference": self.skipped,
+            "tokenisation": TOKENISATION,
+            "bleu_level": self.bleu_level,
+        }
 
     def run(self, model: EvalModel, seed: int) -> dict[str, Any]:
         generated = model.generate(self.prompts, self.max_new_tokens, seed)

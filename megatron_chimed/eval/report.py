@@ -25,9 +25,7 @@ class EvalTask(Protocol):
     def run(self, model: EvalModel, seed: int) -> dict[str, Any]: ...
 
 
-def run_over_seeds(
-    name: str, task: EvalTask, model: EvalModel, seeds: list[int]
-) -> dict[str, Any]:
+def run_over_seeds(name: str, task: EvalTask, model: EvalModel, seeds: list[int]) -> dict[str, Any]:
     if not seeds:
         raise ValueError(f"eval {name}: no seeds configured")
     used = seeds[:1] if task.deterministic else list(seeds)

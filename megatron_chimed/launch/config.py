@@ -79,8 +79,10 @@ class LauncherConfig:
         # Slurm sends USR1 once less than the grace is left: a grace >= the limit would preempt
         # every start at once and requeue the job forever.
         if limit is not None and self.signal_grace_s >= limit:
-            raise ValueError(f"launcher.signal_grace_s={self.signal_grace_s} must be below "
-                             f"launcher.time={self.time} ({limit} s)")
+            raise ValueError(
+                f"launcher.signal_grace_s={self.signal_grace_s} must be below "
+                f"launcher.time={self.time} ({limit} s)"
+            )
         if "'" in self.torchrun:  # it is pasted into a single-quoted `bash -c` script
             raise ValueError("launcher.torchrun must not contain single quotes")
 

@@ -1,10 +1,10 @@
 """Rejection-sampling fine-tuning (issue 7; paper section 2.3), the `rs` stage.
 
-    config.py        the stage's `data` group: SFT sources + N, top-k, threshold, rounds
-    files.py         the files between phases: shards, DONE markers, phase log, report
-    selection.py     top-k per prompt, ShareGPT output, score statistics (pure functions)
-    phases.py        the five phases of a round
-    orchestrator.py  `run(cfg, tokenizer_dir)`: rounds of phases, resumable
+config.py        the stage's `data` group: SFT sources + N, top-k, threshold, rounds
+files.py         the files between phases: shards, DONE markers, phase log, report
+selection.py     top-k per prompt, ShareGPT output, score statistics (pure functions)
+phases.py        the five phases of a round
+orchestrator.py  `run(cfg, tokenizer_dir)`: rounds of phases, resumable
 """
 
 from megatron_chimed.rejection_sampling.orchestrator import run

@@ -156,9 +156,7 @@ def score_answers(rnd: Round, out: Path) -> dict:
     from megatron_chimed.reward.score import load_reward_model, score_texts
 
     tp = rnd.cfg.parallel.tensor_model_parallel_size
-    model, tokenizer, context = load_reward_model(
-        rnd.rs.reward_checkpoint, tp, rnd.cfg.precision
-    )
+    model, tokenizer, context = load_reward_model(rnd.rs.reward_checkpoint, tp, rnd.cfg.precision)
     template, n = get_template(rnd.rs.template), rnd.rs.num_samples
 
     def work(shard: int) -> list[dict]:

@@ -124,8 +124,12 @@ def save(
     if dist.get_rank() == 0:
         layout.write_metadata(
             target,
-            {**metadata, "kind": "train", "iteration": iteration,
-             "scheduler": scheduler.state_dict()},
+            {
+                **metadata,
+                "kind": "train",
+                "iteration": iteration,
+                "scheduler": scheduler.state_dict(),
+            },
         )
         layout.write_latest(root, iteration)
     dist.barrier()
@@ -151,9 +155,7 @@ def resume(ckpt_dir: Path, ddp: torch.nn.Module, optimizer: Any, scheduler: Any)
             f"{ckpt_dir}: a {metadata.get('kind')!r} checkpoint has no optimizer state; "
             "start from it with checkpoint.load instead"
         )
-    state = dist_checkpointing.load(
-        _sharded_state(ddp, optimizer, is_loading=True), str(ckpt_dir)
-    )
+    state = dist_checkpointing.load(_sharded_state(ddp, optimizer, is_loading=True), str(ckpt_dir))
     ddp.module.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(metadata["scheduler"])

@@ -173,8 +173,13 @@ def train(cfg: Any, stage: Stage, tokenizer_dir: str | Path | None = None) -> Tr
             scheduler,
             # `model` and `architecture` make every training checkpoint loadable for generation
             # and exportable to HF, exactly as a converted one.
-            {"consumed_samples": consumed, "config": resolved, "stage": stage_name,
-             "model": resolved["model"], "architecture": stage.hf_architecture},
+            {
+                "consumed_samples": consumed,
+                "config": resolved,
+                "stage": stage_name,
+                "model": resolved["model"],
+                "architecture": stage.hf_architecture,
+            },
             tokenizer_dir,
         )
         if rank0 and cfg.checkpoint.keep_last:
