@@ -59,15 +59,25 @@ def synthetic_hf(out: Path, gigabytes: float) -> int:
     return sum(p.stat().st_size for p in out.iterdir())
 
 
+def copy_and_sync(src: str, dst: str, progress: bool = False) -> None:
+    subprocess.run(["cp", "-r", src, dst], check=True)
+    subprocess.run(["sync"], check=True)
+
+
 def child(direction: str, src: str, dst: str) -> None:
-    """One conversion, timed after imports; prints seconds and peak RSS as JSON."""
+    """One conversion or `cp`, timed after the same imports; prints seconds and peak RSS as JSON.
+
+    `cp` runs in the same kind of child as the conversions so that both start from the same
+    memory state: on this VM, pages freed a moment ago are still backed by the host while pages
+    freed seconds ago (during a child's imports) were handed back and fault in again when the
+    page cache grows, which otherwise favours whichever runs right after a deletion."""
     import megatron.core.dist_checkpointing  # noqa: F401 (import cost is not conversion cost)
 
     from megatron_chimed.convert import hf_to_megatron, megatron_to_hf
 
-    convert = {"hf2meg": hf_to_megatron, "meg2hf": megatron_to_hf}[direction]
+    run = {"hf2meg": hf_to_megatron, "meg2hf": megatron_to_hf, "cp": copy_and_sync}[direction]
     start = time.perf_counter()
-    convert(src, dst, progress=False)
+    run(src, dst, progress=False)
     seconds = time.perf_counter() - start
     print(json.dumps({"seconds": seconds, "peak_rss": peak_rss()}))
 
@@ -96,10 +106,7 @@ def measure(workdir: Path, gigabytes: float, repeat: int) -> dict:
     cp_runs, meg_runs, hf_runs = [], [], []
     for _ in range(repeat):
         subprocess.run(["sync"], check=True)
-        start = time.perf_counter()
-        subprocess.run(["cp", "-r", str(hf), str(copy)], check=True)
-        subprocess.run(["sync"], check=True)
-        cp_runs.append(time.perf_counter() - start)
+        cp_runs.append(run_child("cp", hf, copy)["seconds"])
         shutil.rmtree(copy)
         meg_runs.append(run_child("hf2meg", hf, meg))
         hf_runs.append(run_child("meg2hf", meg, back))

@@ -13,6 +13,7 @@ transform, a compressed or unexpected record) falls back to `torch.load` of that
 from __future__ import annotations
 
 import io
+import math
 import os
 import struct
 import zipfile
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 
 from megatron_chimed.convert.buffers import Buffer, nbytes
+from megatron_chimed.convert.splice import RowBlock, RowSource, row_bytes
 
 ZIP_LOCAL_HEADER = 30  # bytes before a record's name; name and extra lengths at 26..30
 
@@ -95,6 +97,9 @@ class CheckpointReader:
         size = tuple(self.tensors[key].size)
         return size[1:] if stacked else size
 
+    def dtype(self, key: str) -> torch.dtype:
+        return self.tensors[key].properties.dtype
+
     def read(self, key: str, layer: int | None, out: Buffer, scratch: Buffer) -> torch.Tensor:
         """Tensor `key` (layer `layer` of it if not None) as a view of `out`'s memory; `scratch`
         holds chunks that are only part of it (a checkpoint saved at TP > 1)."""
@@ -119,6 +124,35 @@ class CheckpointReader:
                     region = region.narrow(dim, start, size)
                 region.copy_(target)
         return dest
+
+    def row_source(self, key: str, layer: int | None) -> RowSource | None:
+        """Where the rows of tensor `key` (layer `layer` of it) lie in the `.distcp` files, or
+        None if they are not whole contiguous rows there (column chunks, another layout)."""
+        meta = self.tensors[key]
+        full = self.shape(key, layer is not None)
+        itemsize = meta.properties.dtype.itemsize
+        blocks = []
+        for offsets, info in self.chunks[key]:
+            sizes = next(tuple(c.sizes) for c in meta.chunks if tuple(c.offsets) == offsets)
+            if layer is not None:
+                if not offsets[0] <= layer < offsets[0] + sizes[0]:
+                    continue
+                if sizes[0] != 1:
+                    return None
+                offsets, sizes = offsets[1:], sizes[1:]
+            if len(full) > 1 and (any(offsets[1:]) or sizes[1:] != full[1:]):
+                return None
+            if info.transform_descriptors:
+                return None
+            path = self.directory / info.relative_path
+            with open(path, "rb") as f:
+                start = _data_start(f, info.offset, info.length, math.prod(sizes) * itemsize)
+            if start is None:
+                return None
+            first, count = (offsets[0], sizes[0]) if len(full) > 1 else (0, 1)
+            blocks.append(RowBlock(first, count, path, start))
+        blocks.sort(key=lambda b: b.first)
+        return RowSource(row_bytes(full, meta.properties.dtype), tuple(blocks))
 
     def _read_chunk(self, info, target: torch.Tensor) -> None:  # noqa: ANN001 (DCP _StorageInfo)
         path = self.directory / info.relative_path

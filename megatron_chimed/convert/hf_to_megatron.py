@@ -20,6 +20,16 @@ from megatron_chimed.checkpoint.layout import iteration_dir, write_latest, write
 from megatron_chimed.convert.buffers import Buffer, nbytes
 from megatron_chimed.convert.hf_folder import HFCheckpoint
 from megatron_chimed.convert.mapping import Entry
+from megatron_chimed.convert.splice import (
+    RowBlock,
+    RowSource,
+    Segment,
+    SplicingFileSystem,
+    num_rows,
+    row_bytes,
+    segments,
+    to_megatron_runs,
+)
 from megatron_chimed.convert.staging import check_output, staged_output
 from megatron_chimed.convert.streaming_save import (
     Placeholders,
@@ -34,17 +44,19 @@ CHECKPOINT_KEY_SPEC = "transformer_engine"
 
 
 def megatron_sharded_state_dict(
-    hf: HFCheckpoint, dtype: torch.dtype, on_tensor: tqdm
+    hf: HFCheckpoint, dtype: torch.dtype, on_tensor: tqdm, files: SplicingFileSystem
 ) -> tuple[dict, dict]:
     """The sharded state dict a TP=1 GPTModel of this shape saves, with placeholders for data,
-    and the producers that build each tensor from the HF shards when it is written."""
+    and the producers that build each tensor from the HF shards when it is written (as byte
+    ranges `files` copies, where the HF tensors allow it: see splice.py)."""
     from megatron.core.dist_checkpointing import ShardedObject, ShardedTensor
 
     model, mapping = hf.model, hf.mapping
     layers = model.num_layers
     sharded: dict = {}
     producers = {}
-    work = _workspace(hf)
+    work: tuple[Buffer, Buffer] | None = None
+    spliced = Buffer(max(nbytes(e.megatron_shape(model), dtype) for e, _ in mapping.entries(model)))
     placeholder = Placeholders(
         [(entry.megatron_shape(model), dtype) for entry, _ in mapping.entries(model)]
     )
@@ -66,8 +78,35 @@ def megatron_sharded_state_dict(
             sharded[f"{module_key}.{layer}"] = ShardedObject(
                 module_key, None, (layers,), (layer,), replica_id=0
             )
+        sources = _row_sources(hf, mapping.hf_names(entry, layer), dtype)
+        if sources is not None:
+            runs = to_megatron_runs(entry, model)
+            producers[(key, offset)] = partial(
+                _splice, files, spliced.tensor(shape, dtype), segments(runs, sources), on_tensor
+            )
+            continue
+        work = work or _workspace(hf)
         producers[(key, offset)] = partial(_produce, hf, entry, layer, dtype, on_tensor, work)
     return sharded, producers
+
+
+def _row_sources(hf: HFCheckpoint, names: tuple[str, ...], dtype: torch.dtype) -> list | None:
+    """Where the rows of each HF tensor are, if they can be copied as bytes: safetensors
+    (`.bin` shards are zip records of unknown placement) in the output dtype."""
+    infos = [hf.tensors[name] for name in names]
+    if any(info.offset is None or info.dtype != dtype for info in infos):
+        return None
+    return [
+        RowSource(row_bytes(i.shape, i.dtype), (RowBlock(0, num_rows(i.shape), i.file, i.offset),))
+        for i in infos
+    ]
+
+
+def _splice(
+    files: SplicingFileSystem, placeholder: torch.Tensor, segs: list[Segment], bar: tqdm
+) -> torch.Tensor:
+    bar.update(sum(length for path, _, length in segs if path is not None))
+    return files.expect(placeholder, segs)
 
 
 def _workspace(hf: HFCheckpoint) -> tuple[Buffer, Buffer]:
@@ -147,9 +186,10 @@ def hf_to_megatron(
         staged_output(out, overwrite) as tmp,
         single_process_group(),
     ):
-        sharded, producers = megatron_sharded_state_dict(hf, dtype, bar)
+        files = SplicingFileSystem()
+        sharded, producers = megatron_sharded_state_dict(hf, dtype, bar, files)
         ckpt = iteration_dir(tmp, 0)
-        save_streaming({"model": sharded}, producers, ckpt)
+        save_streaming({"model": sharded}, producers, ckpt, files)
         write_metadata(ckpt, metadata)
         if has_tokenizer:
             copy_tokenizer(hf.directory, tmp / "tokenizer")

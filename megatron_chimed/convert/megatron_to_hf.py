@@ -20,6 +20,7 @@ from megatron_chimed.convert.dcp_reader import CheckpointReader, largest_tensor
 from megatron_chimed.convert.hf_folder import hf_config
 from megatron_chimed.convert.mapping import ModelMapping, mapping_for
 from megatron_chimed.convert.safetensors_writer import Plan, write_safetensors_shards
+from megatron_chimed.convert.splice import Spliced, segments, to_hf_runs
 from megatron_chimed.convert.staging import check_output, staged_output
 from megatron_chimed.convert.streaming_save import single_process_group
 from megatron_chimed.convert.tokenizer_files import check_tokenizer, copy_tokenizer
@@ -61,9 +62,10 @@ def _check_stored(
 
 def _hf_tensors(
     ckpt_dir: Path, mapping: ModelMapping, model: ModelConfig, dtype: torch.dtype
-) -> Iterator[tuple[str, torch.Tensor]]:
-    """Each HF tensor in file order, built in one reused buffer: each is written out before the
-    next is read, so RSS holds about one tensor whatever the model size."""
+) -> Iterator[tuple[str, torch.Tensor | Spliced]]:
+    """Each HF tensor in file order: byte ranges of the checkpoint's files where its rows are
+    stored whole, else built in one reused buffer; each is written out before the next is read,
+    so RSS holds at most about one tensor whatever the model size."""
     reader = CheckpointReader(ckpt_dir)
     keys = [
         (mapping.checkpoint_key(e, layer), layer is not None) for e, layer in mapping.entries(model)
@@ -71,7 +73,15 @@ def _hf_tensors(
     size = largest_tensor(reader, keys)
     out, scratch = Buffer(size), Buffer(size)
     for entry, layer in mapping.entries(model):
-        tensor = reader.read(mapping.checkpoint_key(entry, layer), layer, out, scratch)
+        key = mapping.checkpoint_key(entry, layer)
+        source = reader.row_source(key, layer) if reader.dtype(key) == dtype else None
+        if source is not None:  # copied as byte ranges by the kernel (splice.py)
+            for name, shape, runs in zip(
+                mapping.hf_names(entry, layer), entry.hf_shapes(model), to_hf_runs(entry, model)
+            ):
+                yield name, Spliced(shape, dtype, segments(runs, [source]))
+            continue
+        tensor = reader.read(key, layer, out, scratch)
         # `scratch` is free again once the read is done: to_hf may build parts in it.
         parts = entry.to_hf(tensor, model, scratch.tensor(tensor.shape, tensor.dtype))
         yield from zip(mapping.hf_names(entry, layer), (p.to(dtype) for p in parts))

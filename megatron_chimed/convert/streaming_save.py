@@ -9,7 +9,8 @@ megatron's, so the result is exactly what `dist_checkpointing.load` reads.
 
 Speed: files are not fsynced one by one (the caller flushes the whole folder once before its
 atomic rename, `staging.py`), so the kernel writes back while the next tensor is built, and
-torch.save skips its CRC32 pass (torch.load never checks it; DCP has no checksums either).
+torch.save skips its CRC32 pass (torch.load never checks it; DCP has no checksums either) and
+aligns tensor bytes to 64 KiB (`fast_save_options`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.filesystem import FileSystem
 
 Producer = Callable[[], torch.Tensor]
 
@@ -44,17 +46,26 @@ class Placeholders:
 
 
 @contextlib.contextmanager
-def no_crc32() -> Iterator[None]:
-    """torch.save without its CRC32 pass over every byte (nothing reads it back)."""
-    before = torch.serialization.get_crc32_options()
+def fast_save_options() -> Iterator[None]:
+    """torch.save without its CRC32 pass over every byte (nothing reads it back), and with
+    tensor bytes at 64 KiB-aligned file offsets instead of 64 B: the kernel copies folio-aligned
+    ranges about 1.5x faster (copy_file_range, splice.py). torch.load reads the alignment from
+    the archive; the padding costs under 64 KiB per tensor."""
+    from torch.utils.serialization import config
+
+    before = torch.serialization.get_crc32_options(), config.save.storage_alignment
     torch.serialization.set_crc32_options(False)
+    config.save.storage_alignment = 1 << 16
     try:
         yield
     finally:
-        torch.serialization.set_crc32_options(before)
+        torch.serialization.set_crc32_options(before[0])
+        config.save.storage_alignment = before[1]
 
 
-def _strategy(producers: dict[tuple[str, tuple[int, ...]], Producer]):  # noqa: ANN202
+def _strategy(  # noqa: ANN202
+    producers: dict[tuple[str, tuple[int, ...]], Producer], file_system: FileSystem | None
+):
     """The save strategy (classes built here: megatron is slow to import, this file is not)."""
     from megatron.core.dist_checkpointing.strategies.torch import (
         MCoreSavePlanner,
@@ -92,17 +103,17 @@ def _strategy(producers: dict[tuple[str, tuple[int, ...]], Producer]):  # noqa: 
 
         def save(self, sharded_state_dict, checkpoint_dir: Path) -> None:  # noqa: ANN001
             by_key, _, _ = _replace_state_dict_keys_with_sharded_keys(sharded_state_dict, True)
+            # One thread: PyTorch's serial loader resolves items one by one. One file per
+            # tensor: the writer keeps every tensor of a file alive until that file closes.
+            # No fsync per file: the caller flushes the folder once before renaming it.
+            writer = FileSystemWriter(
+                str(checkpoint_dir), thread_count=1, single_file_per_rank=False, sync_files=False
+            )
+            if file_system is not None:
+                writer.fs = file_system
             dcp_save(
                 mcore_to_pyt_state_dict(by_key, False),
-                # One thread: PyTorch's serial loader resolves items one by one. One file per
-                # tensor: the writer keeps every tensor of a file alive until that file closes.
-                # No fsync per file: the caller flushes the folder once before renaming it.
-                storage_writer=FileSystemWriter(
-                    str(checkpoint_dir),
-                    thread_count=1,
-                    single_file_per_rank=False,
-                    sync_files=False,
-                ),
+                storage_writer=writer,
                 planner=StreamingPlanner(
                     self.producers, flatten_state_dict=False, flatten_sharded_tensors=False
                 ),
@@ -115,19 +126,21 @@ def save_streaming(
     sharded_state_dict: dict,
     producers: dict[tuple[str, tuple[int, ...]], Producer],
     checkpoint_dir: Path,
+    file_system: FileSystem | None = None,
 ) -> None:
     """`dist_checkpointing.save`, with tensor data taken from `producers` at write time.
 
     `producers` is keyed by (sharded key, global offset of the chunk), which is how PyTorch
-    names each write item.
+    names each write item. `file_system` replaces PyTorch's (e.g. a `SplicingFileSystem`).
     """
     from megatron.core import dist_checkpointing
     from torch.distributed.checkpoint.api import CheckpointException
 
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     try:
-        with no_crc32():
-            dist_checkpointing.save(sharded_state_dict, str(checkpoint_dir), _strategy(producers))
+        with fast_save_options():
+            strategy = _strategy(producers, file_system)
+            dist_checkpointing.save(sharded_state_dict, str(checkpoint_dir), strategy)
     except CheckpointException as err:
         # A BaseException wrapping each rank's error: re-raise ours (one rank) as itself.
         original, _ = next(iter(err.failures.values()))

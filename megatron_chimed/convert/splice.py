@@ -1,0 +1,232 @@
+"""Conversion as byte ranges copied by the kernel: the bytes never enter this process.
+
+Every mapping entry moves whole rows (a rename, vocab padding, the per-group QKV interleave, the
+[gate; up] concatenation), and a stored tensor keeps its rows contiguous and row-major. So each
+output tensor is a list of (file, offset, length) ranges of the input files, which
+`os.copy_file_range` copies from page cache to page cache, as `cp` does: no read into a buffer,
+no rebuild, no write back out, and no RSS. The row lists come from running the mapping's own
+`to_megatron` / `to_hf` on a column of row numbers, so no second description of the layouts
+exists to drift from the first. A dtype change, or a tensor stored in column blocks (a
+row-parallel weight saved at TP > 1), still goes through the buffer path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import io
+import math
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.distributed.checkpoint.filesystem import FileSystem
+
+from megatron_chimed.convert.mapping import Entry
+from megatron_chimed.model.config import ModelConfig
+
+# (file, byte offset, length); file None = that many zero bytes (the vocab padding rows).
+Segment = tuple[Path | None, int, int]
+Run = tuple[int, int, int]  # (source part, first row, rows); part -1 = rows of zeros
+ZEROS = bytes(1 << 20)
+
+
+def num_rows(shape: tuple[int, ...]) -> int:
+    """Rows a mapping moves: a 1-D tensor (a norm) moves as one row."""
+    return shape[0] if len(shape) > 1 else 1
+
+
+def _runs(ids: torch.Tensor, starts: list[int]) -> list[Run]:
+    """Maximal runs of consecutive source rows. Row r of part p is numbered starts[p] + r + 1, so
+    the 0s a mapping pads with mark zero rows, and a run never crosses into the next part."""
+    ids = ids.reshape(-1)
+    bounds = torch.tensor(starts[1:], dtype=torch.long)
+    part = torch.where(ids == 0, -1, torch.bucketize(ids - 1, bounds, right=True))
+    breaks = torch.ones_like(ids, dtype=torch.bool)
+    breaks[1:] = (part[1:] != part[:-1]) | ((ids[1:] != ids[:-1] + 1) & (ids[1:] != 0))
+    firsts = breaks.nonzero().reshape(-1).tolist() + [ids.numel()]
+    runs = []
+    for begin, end in zip(firsts, firsts[1:]):
+        p = int(part[begin])
+        first = 0 if p < 0 else int(ids[begin]) - 1 - starts[p]
+        runs.append((p, first, end - begin))
+    return runs
+
+
+def _row_ids(counts: list[int]) -> tuple[list[torch.Tensor], list[int]]:
+    starts = [0]
+    for count in counts[:-1]:
+        starts.append(starts[-1] + count)
+    # One column: the mappings only reshape rows (their last dim is read from the tensor).
+    ids = [torch.arange(s + 1, s + c + 1).reshape(c, 1) for s, c in zip(starts, counts)]
+    return ids, starts
+
+
+def to_megatron_runs(entry: Entry, cfg: ModelConfig) -> list[Run]:
+    """The megatron tensor's rows, as runs of rows of the entry's HF tensors (parts)."""
+    ids, starts = _row_ids([num_rows(s) for s in entry.hf_shapes(cfg)])
+    runs = _runs(entry.to_megatron(ids, cfg), starts)
+    if sum(n for _, _, n in runs) != num_rows(entry.megatron_shape(cfg)):
+        raise AssertionError(f"{entry.megatron}: the row plan does not cover the tensor")
+    return runs
+
+
+def to_hf_runs(entry: Entry, cfg: ModelConfig) -> list[list[Run]]:
+    """Each HF tensor's rows, as runs of rows of the megatron tensor (part 0)."""
+    ids, starts = _row_ids([num_rows(entry.megatron_shape(cfg))])
+    return [_runs(part, starts) for part in entry.to_hf(ids[0], cfg)]
+
+
+@dataclass(frozen=True)
+class RowBlock:
+    first: int  # first row of the tensor held here
+    count: int
+    path: Path
+    offset: int  # where that row's bytes start in `path`
+
+
+@dataclass(frozen=True)
+class RowSource:
+    """Where the rows of one stored tensor are: one block (a safetensors tensor) or several
+    (the row chunks of a checkpoint saved at TP > 1)."""
+
+    row_bytes: int
+    blocks: tuple[RowBlock, ...]
+
+    def segments(self, first: int, count: int) -> list[Segment]:
+        out = []
+        for block in self.blocks:
+            lo, hi = max(first, block.first), min(first + count, block.first + block.count)
+            if lo < hi:
+                start = block.offset + (lo - block.first) * self.row_bytes
+                out.append((block.path, start, (hi - lo) * self.row_bytes))
+        if sum(length for _, _, length in out) != count * self.row_bytes:
+            raise ValueError(f"rows [{first}, {first + count}) are not all stored")
+        return out
+
+
+def row_bytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
+    return math.prod(shape) // num_rows(shape) * dtype.itemsize
+
+
+def segments(runs: list[Run], sources: list[RowSource]) -> list[Segment]:
+    """The byte ranges of `runs`; zero runs take the row size of the first source."""
+    out: list[Segment] = []
+    for part, first, count in runs:
+        if part < 0:
+            out.append((None, 0, count * sources[0].row_bytes))
+        else:
+            out.extend(sources[part].segments(first, count))
+    return out
+
+
+@dataclass(frozen=True)
+class Spliced:
+    """A tensor to be written as byte ranges of other files instead of from memory."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    segments: list[Segment]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(length for _, _, length in self.segments)
+
+
+def _libc_sync_file_range() -> Callable[[int, int, int], None] | None:
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (AttributeError, OSError):  # not Linux
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return lambda fd, offset, length: function(fd, offset, length, SYNC_FILE_RANGE_WRITE)
+
+
+SYNC_FILE_RANGE_WRITE = 2
+_sync_file_range = _libc_sync_file_range()
+
+
+def start_writeback(fd: int) -> None:
+    """Start writing a finished file to disk without waiting (Linux; elsewhere a no-op).
+
+    The converters fsync their output once before the final rename; dirty pages left to that
+    point make it wait for the whole model, while a file whose writeback starts as soon as it
+    is complete goes to disk beside the next copies. (Only finished files: writeback of the
+    file still being appended to slowed the copies into it 5x on ext4.)"""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, 0, 0)  # length 0: to the end of the file
+
+
+def copy_segments(dst: int, segs: list[Segment]) -> None:
+    """Append the segments at `dst`'s file position, copied inside the kernel where it can."""
+    for path, offset, length in segs:
+        if path is None:
+            while length:
+                length -= os.write(dst, ZEROS[: min(length, len(ZEROS))])
+            continue
+        src = os.open(path, os.O_RDONLY)
+        try:
+            while length:
+                try:
+                    done = os.copy_file_range(src, dst, length, offset)
+                except OSError:  # another file system, or none of its support: copy in user space
+                    done = os.write(dst, os.pread(src, min(length, 64 << 20), offset))
+                if done == 0:
+                    raise ValueError(f"{path}: ends before byte {offset + length}")
+                offset, length = offset + done, length - done
+        finally:
+            os.close(src)
+
+
+class SplicingFile(io.FileIO):
+    """A file for PyTorch's checkpoint writer: a write of a placeholder's bytes registered in
+    `pending` (recognised by its address) becomes `copy_segments`; other writes go through."""
+
+    def __init__(self, path: str | os.PathLike, pending: dict[int, list[Segment]]) -> None:
+        super().__init__(path, "wb")
+        self.pending = pending
+
+    def write(self, b) -> int:  # noqa: ANN001 (any buffer)
+        view = memoryview(b).cast("B")
+        address = np.frombuffer(view, dtype=np.uint8).ctypes.data if len(view) else 0
+        segs = self.pending.pop(address, None)
+        if segs is not None:
+            if sum(length for _, _, length in segs) != len(view):
+                raise ValueError(f"{self.name}: {len(view)} bytes written for a spliced tensor")
+            copy_segments(self.fileno(), segs)
+            return len(view)
+        done = 0
+        while done < len(view):  # a raw write may be partial
+            done += super().write(view[done:])
+        return done
+
+    def close(self) -> None:
+        if not self.closed:
+            start_writeback(self.fileno())
+        super().close()
+
+
+class SplicingFileSystem(FileSystem):
+    """PyTorch's checkpoint file system, writing through `SplicingFile`s."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: dict[int, list[Segment]] = {}
+
+    def expect(self, placeholder: torch.Tensor, segs: list[Segment]) -> torch.Tensor:
+        """`placeholder` (never read: its storage must be exactly its bytes, or the writer
+        copies it) is written as `segs` instead."""
+        self.pending[placeholder.data_ptr()] = segs
+        return placeholder
+
+    @contextlib.contextmanager
+    def create_stream(self, path: str | os.PathLike, mode: str) -> Iterator[io.IOBase]:
+        if mode != "wb":
+            with super().create_stream(path, mode) as stream:
+                yield stream
+            return
+        with SplicingFile(path, self.pending) as stream:
+            yield stream
