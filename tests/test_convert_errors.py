@@ -7,9 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
-from megatron_chimed.convert import hf_to_megatron, megatron_to_hf
+from megatron_chimed.convert import hf_to_megatron, megatron_to_hf, splice
 from megatron_chimed.convert.hf_folder import HFCheckpoint
 
 
@@ -91,14 +90,14 @@ def test_failure_midway_leaves_the_previous_output(
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
     calls = []
 
-    def failing_read(self: HFCheckpoint, key: str, out: torch.Tensor | None = None) -> None:
-        calls.append(key)
+    def failing_copy(dst: int, segments: list) -> None:  # the 5th tensor's bytes fail
+        calls.append(dst)
         if len(calls) == 5:
             raise OSError("disk went away")
-        return original(self, key, out)
+        return original(dst, segments)
 
-    original = HFCheckpoint.read
-    monkeypatch.setattr(HFCheckpoint, "read", failing_read)
+    original = splice.copy_segments
+    monkeypatch.setattr(splice, "copy_segments", failing_copy)
     with pytest.raises(OSError, match="disk went away"):
         hf_to_megatron(tiny_ziya, out, overwrite=True, progress=False)
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before

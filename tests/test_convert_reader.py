@@ -68,3 +68,28 @@ def test_hf_header_offsets_and_buffer_views(tmp_path: Path) -> None:
             )
         )
         assert torch.equal(view, tensor)
+
+
+def test_bin_offsets_are_found_and_checked(tmp_path: Path) -> None:
+    """Byte ranges of `.bin` tensors come from the zip records; a tensor stored as a view of a
+    larger storage still gets its own range; a non-contiguous one gets none and is read through
+    torch.load. Every read equals torch.load's."""
+    from megatron_chimed.convert.hf_folder import TensorInfo, _bin_infos
+
+    base = torch.randn(6, 4)
+    tensors = {
+        "a": torch.randn(3, 5).to(torch.bfloat16),
+        "rows": base[2:4],  # contiguous, inside a larger storage
+        "t": base.t(),  # not contiguous
+        "b": torch.arange(7, dtype=torch.float32),
+    }
+    path = tmp_path / "pytorch_model.bin"
+    torch.save(tensors, path)
+    infos = _bin_infos(path)
+    assert infos["t"].offset is None
+    assert all(infos[k].offset is not None for k in ("a", "rows", "b"))
+    raw = path.read_bytes()
+    for key in ("a", "rows", "b"):
+        info: TensorInfo = infos[key]
+        expected = tensors[key].contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        assert raw[info.offset : info.offset + len(expected)] == expected, key

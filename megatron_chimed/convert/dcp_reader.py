@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import struct
 import zipfile
 from pathlib import Path
 
@@ -23,8 +22,7 @@ import torch
 
 from megatron_chimed.convert.buffers import Buffer, nbytes
 from megatron_chimed.convert.splice import RowBlock, RowSource, row_bytes
-
-ZIP_LOCAL_HEADER = 30  # bytes before a record's name; name and extra lengths at 26..30
+from megatron_chimed.convert.zip_records import record_data_start, storage_records
 
 
 class _Window(io.RawIOBase):
@@ -68,13 +66,10 @@ def _data_start(f: io.BufferedReader, start: int, length: int, size: int) -> int
     """Where the raw bytes of the one storage in the torch.save zip at `start` begin, or None
     if the blob is not the plain layout this reader relies on."""
     with zipfile.ZipFile(_Window(f, start, length)) as zf:
-        data = [i for i in zf.infolist() if "/data/" in i.filename and ".data/" not in i.filename]
+        data = storage_records(zf)
     if len(data) != 1 or data[0].compress_type != zipfile.ZIP_STORED or data[0].file_size != size:
         return None
-    f.seek(start + data[0].header_offset)
-    header = f.read(ZIP_LOCAL_HEADER)
-    name_len, extra_len = struct.unpack("<HH", header[26:30])
-    return start + data[0].header_offset + ZIP_LOCAL_HEADER + name_len + extra_len
+    return record_data_start(f, start, data[0])
 
 
 class CheckpointReader:

@@ -1,23 +1,27 @@
 """Read a HF LLaMA-family folder one tensor at a time, after checking it completely.
 
-safetensors are read with plain file reads at the byte ranges their header gives, straight into
-the caller's (reused) tensor: no mapping, so no file pages counted in RSS, and no fresh memory
-to fault in. `.bin` shards are opened with `torch.load(weights_only=True, mmap=True)` and stay
-mapped only while one tensor is copied out, because pages of a file mapping that stay mapped
-count in the process's RSS: a 26 GB model read through long-lived mappings would look (and,
-under memory pressure, behave) like 26 GB of RAM.
+Tensors are read with plain file reads at their byte ranges (from the safetensors header, or
+found in a `.bin` shard's zip records: `_bin_infos`), straight into the caller's (reused)
+tensor: no mapping, so no file pages counted in RSS, and no fresh memory to fault in. A `.bin`
+tensor without a known range is copied out of `torch.load(weights_only=True, mmap=True)`, kept
+mapped only meanwhile, because pages of a file mapping that stay mapped count in the process's
+RSS: a 26 GB model read through long-lived mappings would look (and, under memory pressure,
+behave) like 26 GB of RAM.
 """
 
 from __future__ import annotations
 
 import json
 import struct
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
 from megatron_chimed.convert.mapping import ModelMapping, mapping_for
+from megatron_chimed.convert.zip_records import record_data_start, storage_records
 from megatron_chimed.data.jsonio import read_json
 from megatron_chimed.model.config import ModelConfig
 
@@ -86,7 +90,7 @@ class TensorInfo:
     file: Path
     shape: tuple[int, ...]
     dtype: torch.dtype
-    offset: int | None = None  # where the bytes start in a safetensors file
+    offset: int | None = None  # where the bytes start in the file, if known
 
 
 class HFCheckpoint:
@@ -134,10 +138,7 @@ class HFCheckpoint:
             if path.suffix == ".safetensors":
                 infos.update(_safetensors_infos(path))
             else:
-                shard = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-                for key, t in shard.items():
-                    infos[key] = TensorInfo(path, tuple(t.shape), t.dtype)
-                del shard
+                infos.update(_bin_infos(path))
         if isinstance(files, dict):
             for key, path in files.items():
                 if key not in infos:
@@ -220,6 +221,43 @@ def _safetensors_infos(path: Path) -> dict[str, TensorInfo]:
             8 + length + meta["data_offsets"][0],
         )
     return infos
+
+
+def _bin_infos(path: Path) -> dict[str, TensorInfo]:
+    """Shapes, dtypes and, for each contiguous tensor, its byte offset in a `.bin` shard.
+
+    torch.load(mmap=True) makes every storage a slice of one mapping of the whole file, at its
+    zip record's offset (zip_records.py). So the mapping's address is that of the storage that
+    starts first minus the first record's offset, and a tensor's offset in the file is its
+    address minus the mapping's. Both ends of every tensor are compared with the file; any
+    doubt leaves the offset out, and that tensor is read through torch.load instead.
+    """
+    shard = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    with open(path, "rb") as f:
+        with zipfile.ZipFile(f) as archive:
+            starts = [record_data_start(f, 0, i) for i in storage_records(archive)]
+        storages = [t.untyped_storage().data_ptr() for t in shard.values() if t.numel()]
+        base = min(storages) - min(starts) if storages and starts else None
+        infos = {}
+        for key, t in shard.items():
+            offset = None
+            if base is not None and t.numel() and t.is_contiguous():
+                offset = t.data_ptr() - base
+                if not _same_ends(f, offset, t):
+                    offset = None
+            infos[key] = TensorInfo(path, tuple(t.shape), t.dtype, offset)
+    del shard
+    return infos
+
+
+def _same_ends(f: BinaryIO, offset: int, tensor: torch.Tensor, probe: int = 64) -> bool:
+    data = tensor.reshape(-1).view(torch.uint8)
+    for start in (0, max(0, data.numel() - probe)):
+        expected = data[start : start + probe].numpy().tobytes()
+        f.seek(offset + start)
+        if f.read(len(expected)) != expected:
+            return False
+    return True
 
 
 _SAFETENSORS_DTYPES = {

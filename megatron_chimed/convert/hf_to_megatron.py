@@ -91,8 +91,8 @@ def megatron_sharded_state_dict(
 
 
 def _row_sources(hf: HFCheckpoint, names: tuple[str, ...], dtype: torch.dtype) -> list | None:
-    """Where the rows of each HF tensor are, if they can be copied as bytes: safetensors
-    (`.bin` shards are zip records of unknown placement) in the output dtype."""
+    """Where the rows of each HF tensor are, if they can be copied as bytes: their byte range
+    in the file is known (hf_folder.py) and their dtype is the output's."""
     infos = [hf.tensors[name] for name in names]
     if any(info.offset is None or info.dtype != dtype for info in infos):
         return None

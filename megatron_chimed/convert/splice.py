@@ -185,18 +185,22 @@ class SplicingFile(io.FileIO):
     """A file for PyTorch's checkpoint writer: a write of a placeholder's bytes registered in
     `pending` (recognised by its address) becomes `copy_segments`; other writes go through."""
 
-    def __init__(self, path: str | os.PathLike, pending: dict[int, list[Segment]]) -> None:
+    def __init__(self, path: str | os.PathLike, files: SplicingFileSystem) -> None:
         super().__init__(path, "wb")
-        self.pending = pending
+        self.files = files
 
     def write(self, b) -> int:  # noqa: ANN001 (any buffer)
         view = memoryview(b).cast("B")
         address = np.frombuffer(view, dtype=np.uint8).ctypes.data if len(view) else 0
-        segs = self.pending.pop(address, None)
+        segs = self.files.pending.pop(address, None)
         if segs is not None:
-            if sum(length for _, _, length in segs) != len(view):
-                raise ValueError(f"{self.name}: {len(view)} bytes written for a spliced tensor")
-            copy_segments(self.fileno(), segs)
+            try:
+                if sum(length for _, _, length in segs) != len(view):
+                    raise ValueError(f"{self.name}: {len(view)} B written for a spliced tensor")
+                copy_segments(self.fileno(), segs)
+            except BaseException as err:  # torch.save's zip writer would mask it with its own
+                self.files.failure = self.files.failure or err
+                raise
             return len(view)
         done = 0
         while done < len(view):  # a raw write may be partial
@@ -215,6 +219,7 @@ class SplicingFileSystem(FileSystem):
     def __init__(self) -> None:
         super().__init__()
         self.pending: dict[int, list[Segment]] = {}
+        self.failure: BaseException | None = None  # the first copy that failed
 
     def expect(self, placeholder: torch.Tensor, segs: list[Segment]) -> torch.Tensor:
         """`placeholder` (never read: its storage must be exactly its bytes, or the writer
@@ -228,5 +233,5 @@ class SplicingFileSystem(FileSystem):
             with super().create_stream(path, mode) as stream:
                 yield stream
             return
-        with SplicingFile(path, self.pending) as stream:
+        with SplicingFile(path, self) as stream:
             yield stream

@@ -142,9 +142,11 @@ def save_streaming(
             strategy = _strategy(producers, file_system)
             dist_checkpointing.save(sharded_state_dict, str(checkpoint_dir), strategy)
     except CheckpointException as err:
-        # A BaseException wrapping each rank's error: re-raise ours (one rank) as itself.
+        # A BaseException wrapping each rank's error: re-raise ours (one rank) as itself. A
+        # write that failed inside torch.save surfaces as its zip writer's "unexpected pos":
+        # the file system kept the real error.
         original, _ = next(iter(err.failures.values()))
-        raise original from None
+        raise getattr(file_system, "failure", None) or original from None
 
 
 @contextlib.contextmanager
