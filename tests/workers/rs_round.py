@@ -110,6 +110,7 @@ def main() -> None:
 
     r["first"] = rs(args, tmp, job, policy, reward, "data.stop_after_phase=generate")
     first = {p: snapshot(job, p) for p in ("prompts", "generate")}
+    dist.barrier()  # every rank has read the files before rank 0 deletes some
     # A job killed while generating: shard 1 and the phase's DONE never written.
     gen = files.phase_dir(job, 0, "generate")
     if dist.get_rank() == 0:
