@@ -154,8 +154,8 @@ def start_writeback(fd: int) -> None:
 
     The converters fsync their output once before the final rename; dirty pages left to that
     point make it wait for the whole model, while a file whose writeback starts as soon as it
-    is complete goes to disk beside the next copies. (Only finished files: writeback of the
-    file still being appended to slowed the copies into it 5x on ext4.)"""
+    is complete goes to disk beside the next copies. (Only finished files: starting it on the
+    file still being appended to did not make the copies into it any faster.)"""
     if _sync_file_range is not None:
         _sync_file_range(fd, 0, 0)  # length 0: to the end of the file
 
