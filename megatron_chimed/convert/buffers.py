@@ -9,6 +9,7 @@ tensor, and builds every tensor inside them: RSS stays that size whatever the mo
 from __future__ import annotations
 
 import math
+from typing import BinaryIO
 
 import torch
 
@@ -35,3 +36,14 @@ class Buffer:
             return torch.empty(shape, dtype=dtype)
         view = memoryview(self._array)[offset : offset + size]
         return torch.frombuffer(view, dtype=dtype).view(shape)
+
+
+def read_exact(f: BinaryIO, start: int, out: memoryview, what: str = "") -> None:
+    """Fill `out` with the file's bytes from `start`; `what` names them in the error."""
+    f.seek(start)
+    done = 0
+    while done < len(out):  # readinto may return less than asked
+        got = f.readinto(out[done:])
+        if not got:
+            raise ValueError(f"{f.name}: truncated at byte {start + done}{what}")
+        done += got

@@ -16,11 +16,13 @@ import io
 import math
 import os
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from megatron_chimed.convert.buffers import Buffer, nbytes
+from megatron_chimed.convert.buffers import Buffer, nbytes, read_exact
 from megatron_chimed.convert.splice import RowBlock, RowSource, row_bytes
 from megatron_chimed.convert.zip_records import record_data_start, storage_records
 
@@ -50,16 +52,6 @@ class _Window(io.RawIOBase):
         got = self.f.readinto(memoryview(b)[:size])
         self.pos += got
         return got
-
-
-def _read_exact(f: io.BufferedReader, start: int, out: memoryview) -> None:
-    f.seek(start)
-    done = 0
-    while done < len(out):  # readinto may return less than asked
-        got = f.readinto(out[done:])
-        if not got:
-            raise ValueError(f"{f.name}: truncated at byte {start + done}")
-        done += got
 
 
 def _data_start(f: io.BufferedReader, start: int, length: int, size: int) -> int | None:
@@ -92,6 +84,20 @@ class CheckpointReader:
         size = tuple(self.tensors[key].size)
         return size[1:] if stacked else size
 
+    def _chunks(self, key: str, layer: int | None) -> Iterator[tuple[tuple, tuple, Any]]:
+        """(offsets, sizes, storage info) of each stored chunk of `key`, or of its layer
+        `layer` with the layer axis dropped."""
+        meta = self.tensors[key]
+        for offsets, info in self.chunks[key]:
+            sizes = next(tuple(c.sizes) for c in meta.chunks if tuple(c.offsets) == offsets)
+            if layer is not None:
+                if not offsets[0] <= layer < offsets[0] + sizes[0]:
+                    continue
+                if sizes[0] != 1:
+                    raise ValueError(f"{self.directory}: {key} has a chunk of several layers")
+                offsets, sizes = offsets[1:], sizes[1:]
+            yield offsets, sizes, info
+
     def dtype(self, key: str) -> torch.dtype:
         return self.tensors[key].properties.dtype
 
@@ -102,14 +108,7 @@ class CheckpointReader:
         dtype = meta.properties.dtype
         full = self.shape(key, layer is not None)
         dest = out.tensor(full, dtype)
-        for offsets, info in self.chunks[key]:
-            sizes = next(tuple(c.sizes) for c in meta.chunks if tuple(c.offsets) == offsets)
-            if layer is not None:
-                if not offsets[0] <= layer < offsets[0] + sizes[0]:
-                    continue
-                if sizes[0] != 1:
-                    raise ValueError(f"{self.directory}: {key} has a chunk of several layers")
-                offsets, sizes = offsets[1:], sizes[1:]
+        for offsets, sizes, info in self._chunks(key, layer):
             whole = sizes == full
             target = dest if whole else scratch.tensor(sizes, dtype)
             self._read_chunk(info, target)
@@ -127,14 +126,7 @@ class CheckpointReader:
         full = self.shape(key, layer is not None)
         itemsize = meta.properties.dtype.itemsize
         blocks = []
-        for offsets, info in self.chunks[key]:
-            sizes = next(tuple(c.sizes) for c in meta.chunks if tuple(c.offsets) == offsets)
-            if layer is not None:
-                if not offsets[0] <= layer < offsets[0] + sizes[0]:
-                    continue
-                if sizes[0] != 1:
-                    return None
-                offsets, sizes = offsets[1:], sizes[1:]
+        for offsets, sizes, info in self._chunks(key, layer):
             if len(full) > 1 and (any(offsets[1:]) or sizes[1:] != full[1:]):
                 return None
             if info.transform_descriptors:
@@ -157,7 +149,7 @@ class CheckpointReader:
         with open(path, "rb") as f:
             start = _data_start(f, info.offset, info.length, size)
             if start is not None:
-                _read_exact(f, start, target.reshape(-1).view(torch.uint8).numpy().data)
+                read_exact(f, start, target.reshape(-1).view(torch.uint8).numpy().data)
                 return
             f.seek(info.offset)
             blob = io.BytesIO(f.read(info.length))

@@ -20,6 +20,7 @@ from typing import BinaryIO
 
 import torch
 
+from megatron_chimed.convert.buffers import read_exact
 from megatron_chimed.convert.mapping import ModelMapping, mapping_for
 from megatron_chimed.convert.zip_records import record_data_start, storage_records
 from megatron_chimed.data.jsonio import read_json
@@ -179,15 +180,9 @@ class HFCheckpoint:
         if out is None:
             out = torch.empty(info.shape, dtype=info.dtype)
         if info.offset is not None:
-            view = out.reshape(-1).view(torch.uint8).numpy()
+            view = out.reshape(-1).view(torch.uint8).numpy().data
             with open(info.file, "rb", buffering=0) as f:
-                f.seek(info.offset)
-                done = 0
-                while done < len(view):  # readinto may return less than asked
-                    got = f.readinto(view[done:])
-                    if not got:
-                        raise ValueError(f"{info.file}: truncated in tensor {key!r}")
-                    done += got
+                read_exact(f, info.offset, view, f" in tensor {key!r}")
             return out
         shard = torch.load(info.file, map_location="cpu", weights_only=True, mmap=True)
         return out.copy_(shard[key])
