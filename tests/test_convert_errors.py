@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from megatron_chimed.convert import hf_to_megatron, megatron_to_hf, splice
+from megatron_chimed.convert import hf_to_megatron, megatron_to_hf
+from megatron_chimed.convert.direct_file import DirectFile
 from megatron_chimed.convert.hf_folder import HFCheckpoint
 
 
@@ -90,14 +91,14 @@ def test_failure_midway_leaves_the_previous_output(
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
     calls = []
 
-    def failing_copy(dst: int, segments: list) -> None:  # the 5th tensor's bytes fail
-        calls.append(dst)
+    def failing_copy(self: DirectFile, segments: list) -> None:  # the 5th tensor's bytes fail
+        calls.append(self)
         if len(calls) == 5:
             raise OSError("disk went away")
-        return original(dst, segments)
+        return original(self, segments)
 
-    original = splice.copy_segments
-    monkeypatch.setattr(splice, "copy_segments", failing_copy)
+    original = DirectFile.copy_segments
+    monkeypatch.setattr(DirectFile, "copy_segments", failing_copy)
     with pytest.raises(OSError, match="disk went away"):
         hf_to_megatron(tiny_ziya, out, overwrite=True, progress=False)
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before

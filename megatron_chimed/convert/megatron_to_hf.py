@@ -75,7 +75,7 @@ def _hf_tensors(
     for entry, layer in mapping.entries(model):
         key = mapping.checkpoint_key(entry, layer)
         source = reader.row_source(key, layer) if reader.dtype(key) == dtype else None
-        if source is not None:  # copied as byte ranges by the kernel (splice.py)
+        if source is not None:  # copied as byte ranges of the stored files (splice.py)
             for name, shape, runs in zip(
                 mapping.hf_names(entry, layer), entry.hf_shapes(model), to_hf_runs(entry, model)
             ):

@@ -1,10 +1,10 @@
-"""Conversion as byte ranges copied by the kernel: the bytes never enter this process.
+"""Conversion as byte ranges of the input files, copied to the output without building tensors.
 
 Every mapping entry moves whole rows (a rename, vocab padding, the per-group QKV interleave, the
 [gate; up] concatenation), and a stored tensor keeps its rows contiguous and row-major. So each
-output tensor is a list of (file, offset, length) ranges of the input files, which
-`os.copy_file_range` copies from page cache to page cache, as `cp` does: no read into a buffer,
-no rebuild, no write back out, and no RSS. The row lists come from running the mapping's own
+output tensor is a list of (file, offset, length) ranges of the input files, which the output
+file reads straight into its write buffer (`DirectFile.copy_segments`): no tensor is built, and
+memory stays at the output's two buffers. The row lists come from running the mapping's own
 `to_megatron` / `to_hf` on a column of row numbers, so no second description of the layouts
 exists to drift from the first. A dtype change, or a tensor stored in column blocks (a
 row-parallel weight saved at TP > 1), still goes through the buffer path.
@@ -13,11 +13,10 @@ row-parallel weight saved at TP > 1), still goes through the buffer path.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import io
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,13 +24,11 @@ import numpy as np
 import torch
 from torch.distributed.checkpoint.filesystem import FileSystem
 
+from megatron_chimed.convert.direct_file import DirectFile, Segment
 from megatron_chimed.convert.mapping import Entry
 from megatron_chimed.model.config import ModelConfig
 
-# (file, byte offset, length); file None = that many zero bytes (the vocab padding rows).
-Segment = tuple[Path | None, int, int]
 Run = tuple[int, int, int]  # (source part, first row, rows); part -1 = rows of zeros
-ZEROS = bytes(1 << 20)
 
 
 def num_rows(shape: tuple[int, ...]) -> int:
@@ -136,81 +133,28 @@ class Spliced:
         return sum(length for _, _, length in self.segments)
 
 
-def _libc_sync_file_range() -> Callable[[int, int, int], None] | None:
-    try:
-        function = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (AttributeError, OSError):  # not Linux
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    return lambda fd, offset, length: function(fd, offset, length, SYNC_FILE_RANGE_WRITE)
-
-
-SYNC_FILE_RANGE_WRITE = 2
-_sync_file_range = _libc_sync_file_range()
-
-
-def start_writeback(fd: int) -> None:
-    """Start writing a finished file to disk without waiting (Linux; elsewhere a no-op).
-
-    The converters fsync their output once before the final rename; dirty pages left to that
-    point make it wait for the whole model, while a file whose writeback starts as soon as it
-    is complete goes to disk beside the next copies. (Only finished files: starting it on the
-    file still being appended to did not make the copies into it any faster.)"""
-    if _sync_file_range is not None:
-        _sync_file_range(fd, 0, 0)  # length 0: to the end of the file
-
-
-def copy_segments(dst: int, segs: list[Segment]) -> None:
-    """Append the segments at `dst`'s file position, copied inside the kernel where it can."""
-    for path, offset, length in segs:
-        if path is None:
-            while length:
-                length -= os.write(dst, ZEROS[: min(length, len(ZEROS))])
-            continue
-        src = os.open(path, os.O_RDONLY)
-        try:
-            while length:
-                try:
-                    done = os.copy_file_range(src, dst, length, offset)
-                except OSError:  # another file system, or none of its support: copy in user space
-                    done = os.write(dst, os.pread(src, min(length, 64 << 20), offset))
-                if done == 0:
-                    raise ValueError(f"{path}: ends before byte {offset + length}")
-                offset, length = offset + done, length - done
-        finally:
-            os.close(src)
-
-
-class SplicingFile(io.FileIO):
+class SplicingFile(DirectFile):
     """A file for PyTorch's checkpoint writer: a write of a placeholder's bytes registered in
     `pending` (recognised by its address) becomes `copy_segments`; other writes go through."""
 
     def __init__(self, path: str | os.PathLike, files: SplicingFileSystem) -> None:
-        super().__init__(path, "wb")
+        super().__init__(path)
         self.files = files
 
     def write(self, b) -> int:  # noqa: ANN001 (any buffer)
         view = memoryview(b).cast("B")
         address = np.frombuffer(view, dtype=np.uint8).ctypes.data if len(view) else 0
         segs = self.files.pending.pop(address, None)
-        if segs is not None:
-            try:
-                if sum(length for _, _, length in segs) != len(view):
-                    raise ValueError(f"{self.name}: {len(view)} B written for a spliced tensor")
-                copy_segments(self.fileno(), segs)
-            except BaseException as err:  # torch.save's zip writer would mask it with its own
-                self.files.failure = self.files.failure or err
-                raise
+        try:
+            if segs is None:
+                return super().write(view)
+            if sum(length for _, _, length in segs) != len(view):
+                raise ValueError(f"{self.name}: {len(view)} B written for a spliced tensor")
+            self.copy_segments(segs)
             return len(view)
-        done = 0
-        while done < len(view):  # a raw write may be partial
-            done += super().write(view[done:])
-        return done
-
-    def close(self) -> None:
-        if not self.closed:
-            start_writeback(self.fileno())
-        super().close()
+        except BaseException as err:  # torch.save's zip writer would mask it with its own
+            self.files.failure = self.files.failure or err
+            raise
 
 
 class SplicingFileSystem(FileSystem):

@@ -1,9 +1,9 @@
 """An output folder that appears complete or not at all: written under a temporary name beside
 it and renamed at the end, so a failed or killed conversion leaves no half-written model.
 
-Files inside are written without fsync (an fsync per file stalls the writer until that file is
-on disk); the whole folder is flushed once just before the rename instead, by which time the
-kernel has written most of it back in the background. So after a crash, even of the machine,
+Files inside are written without fsync (the large ones with O_DIRECT, `direct_file.py`, so
+their bytes are on the device already); the whole folder is flushed once just before the
+rename, which also flushes the device's write cache. So after a crash, even of the machine,
 the final name holds either nothing or complete files."""
 
 from __future__ import annotations

@@ -8,9 +8,8 @@ a time. Everything else (keys, metadata, the planner that records megatron's met
 megatron's, so the result is exactly what `dist_checkpointing.load` reads.
 
 Speed: files are not fsynced one by one (the caller flushes the whole folder once before its
-atomic rename, `staging.py`), so the kernel writes back while the next tensor is built, and
-torch.save skips its CRC32 pass (torch.load never checks it; DCP has no checksums either) and
-aligns tensor bytes to 64 KiB (`fast_save_options`).
+atomic rename, `staging.py`), and torch.save skips its CRC32 pass (torch.load never checks it;
+DCP has no checksums either).
 """
 
 from __future__ import annotations
@@ -47,20 +46,13 @@ class Placeholders:
 
 @contextlib.contextmanager
 def fast_save_options() -> Iterator[None]:
-    """torch.save without its CRC32 pass over every byte (nothing reads it back), and with
-    tensor bytes at 64 KiB-aligned file offsets instead of 64 B: the kernel copies folio-aligned
-    ranges about 1.5x faster (copy_file_range, splice.py). torch.load reads the alignment from
-    the archive; the padding costs under 64 KiB per tensor."""
-    from torch.utils.serialization import config
-
-    before = torch.serialization.get_crc32_options(), config.save.storage_alignment
+    """torch.save without its CRC32 pass over every byte (nothing reads it back)."""
+    before = torch.serialization.get_crc32_options()
     torch.serialization.set_crc32_options(False)
-    config.save.storage_alignment = 1 << 16
     try:
         yield
     finally:
-        torch.serialization.set_crc32_options(before[0])
-        config.save.storage_alignment = before[1]
+        torch.serialization.set_crc32_options(before)
 
 
 def _strategy(  # noqa: ANN202
