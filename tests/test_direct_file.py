@@ -3,7 +3,9 @@ buffer boundaries, with or without O_DIRECT; errors surface as themselves."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import mmap
 import os
 import random
 from pathlib import Path
@@ -94,3 +96,41 @@ def test_truncated_source_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="source.bin: ends before byte"):
         with DirectFile(tmp_path / "out", chunk=CHUNK) as f:
             f.copy_segments([(src, len(data) - 10, 20)])
+
+
+def _cached_pages(path: Path) -> int:
+    """Pages of `path` in the page cache (mincore on a private mapping: looks, touches nothing;
+    a probing read would start readahead)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY) as mapped:
+        address = ctypes.addressof(ctypes.c_char.from_buffer(mapped))
+        pages = (ctypes.c_ubyte * (-(-size // mmap.PAGESIZE)))()
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+        if libc.mincore(ctypes.c_void_p(address), ctypes.c_size_t(size), pages) != 0:
+            raise OSError(ctypes.get_errno(), "mincore")
+        del address  # the mapping may close only without exported pointers
+        return sum(page & 1 for page in pages)
+
+
+def test_the_page_cache_is_left_as_found(tmp_path: Path) -> None:
+    """A source file read from disk does not stay in the cache (but for pages in large folios
+    that straddle a read's end, or readahead past it); a cached one stays cached."""
+    src, data = _source(tmp_path, 32 << 20)
+    pages = len(data) // 4096
+    fd = os.open(src, os.O_RDONLY)
+    os.fsync(fd)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)
+    if _cached_pages(src) > 0:
+        pytest.skip("this file system keeps clean pages cached (tmpfs?)")
+    with DirectFile(tmp_path / "out", chunk=4 << 20) as f:  # 16 MiB in use: 1/4 of the file
+        f.copy_segments([(src, 0, len(data) // 2), (src, len(data) // 2, len(data) // 2)])
+    assert _cached_pages(src) <= pages // 4
+    assert (tmp_path / "out").read_bytes() == data
+    src.read_bytes()  # now cached
+    assert _cached_pages(src) == pages
+    with DirectFile(tmp_path / "out2", chunk=4 << 20) as f:
+        f.copy_segments([(src, 0, len(data))])
+    assert _cached_pages(src) == pages
+    assert (tmp_path / "out2").read_bytes() == data
