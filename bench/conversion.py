@@ -13,9 +13,10 @@ grows. Everything is deleted at the end.
 
 A round trip writes the model twice and reads it back once, so 2.0x means each direction as
 fast as `cp`. Both directions write with O_DIRECT and drop the input pages they read from disk
-(convert/direct_file.py); `cp` writes through the page cache, which on this VM (free page reporting) is cheap right after other pages were
-freed and 2-4x dearer otherwise, so `cp` runs twice in a row and its faster run counts: the
-second one follows the deletion of the first one's copy, `cp`'s best case.
+(convert/direct_file.py); `cp` writes through the page cache, which on this VM (free page
+reporting) is cheap right after other pages were freed and 2-4x dearer otherwise, so `cp` runs
+twice in a row and its faster run counts: the second follows the deletion of the first one's
+copy, `cp`'s best case.
 """
 
 from __future__ import annotations
