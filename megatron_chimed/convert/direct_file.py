@@ -10,7 +10,8 @@ The buffers are reused, so memory stays at two chunks whatever the file size, an
 bytes may sit at any offset (they are read into the buffer; alignment only binds the output).
 
 Where the file system refuses O_DIRECT (some network or FUSE mounts) the same code writes
-through the page cache instead.
+through the page cache instead. Input files are read through the page cache, but an input that
+was not cached is not left there either (`read_dropping`).
 """
 
 from __future__ import annotations
