@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from test_eval_cli import TASKS
 
 from megatron_chimed.atomic import atomic_write_text as write_atomic
 from megatron_chimed.eval.report import markdown_table, run_over_seeds
@@ -102,17 +103,7 @@ def test_suite_end_to_end_on_sample_data(tmp_path):
     cfg = sample_suite(tmp_path)
     result = run_eval(cfg, KeywordModel(), tmp_path)
     by_name = {r["task"]: r for r in result["tasks"]}
-    assert set(by_name) == {
-        "ceval",
-        "cmmlu",
-        "medqa",
-        "chimed_qa",
-        "mc_dialogue",
-        "ccks2019",
-        "chimst",
-        "cami",
-        "mica",
-    }
+    assert set(by_name) == set(TASKS)  # every task of the CLI test's list
     assert by_name["ceval"]["seeds"] == [0]  # log-prob scoring runs once
     assert by_name["mica"]["seeds"] == [0, 1]
     assert 0.0 <= by_name["ceval"]["mean"]["acc_micro"] <= 100.0

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from megatron_chimed.convert.buffers import nbytes
 from megatron_chimed.convert.direct_file import DirectFile
 from megatron_chimed.convert.splice import Spliced
 
@@ -25,21 +26,17 @@ INDEX_FILE = "model.safetensors.index.json"
 Plan = list[tuple[str, tuple[int, ...], torch.dtype]]
 
 
-def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
-    return int(torch.Size(shape).numel()) * dtype.itemsize
-
-
 def split_into_shards(plan: Plan, max_shard_bytes: int) -> list[Plan]:
     """Consecutive tensors, a new shard when the next would pass the limit (as HF does)."""
     shards: list[Plan] = [[]]
     size = 0
     for item in plan:
-        nbytes = _nbytes(item[1], item[2])
-        if shards[-1] and size + nbytes > max_shard_bytes:
+        item_bytes = nbytes(item[1], item[2])
+        if shards[-1] and size + item_bytes > max_shard_bytes:
             shards.append([])
             size = 0
         shards[-1].append(item)
-        size += nbytes
+        size += item_bytes
     return shards
 
 
@@ -49,7 +46,7 @@ def _header(shard: Plan) -> bytes:
     header: dict = {"__metadata__": {"format": "pt"}}
     offset = 0
     for name, shape, dtype in shard:
-        end = offset + _nbytes(shape, dtype)
+        end = offset + nbytes(shape, dtype)
         header[name] = {
             "dtype": DTYPE_NAMES[dtype],
             "shape": list(shape),
@@ -89,7 +86,7 @@ def write_safetensors_shards(
                     f.write(tensor.contiguous().reshape(-1).view(torch.uint8).numpy())
                 weight_map[name] = file
         paths.append(out_dir / file)
-    total = sum(_nbytes(shape, dtype) for _, shape, dtype in plan)
+    total = sum(nbytes(shape, dtype) for _, shape, dtype in plan)
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2))
     return paths
