@@ -7,6 +7,7 @@ same line on a laptop and inside an sbatch script.
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
 
@@ -30,9 +31,13 @@ def usage() -> str:
 def torchrun(module: str, nproc: int, args: list[str]) -> int:
     """Run `python -m module args` on `nproc` local ranks; --standalone picks a free port, so
     two jobs on one node never collide."""
+    from megatron_chimed.launch.config import default_gpu_env
+
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc_per_node={nproc}", "-m", module, *args]  # fmt: skip
-    return subprocess.call(cmd)
+    # The GPU settings a Slurm job exports (launch/config.py), unless the user set them: they
+    # are read when each rank creates its CUDA context, too late to set from inside.
+    return subprocess.call(cmd, env={**default_gpu_env(), **os.environ})
 
 
 def main(argv: list[str] | None = None) -> int:

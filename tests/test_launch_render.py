@@ -49,6 +49,7 @@ def test_two_nodes_eight_gpus() -> None:
         "#SBATCH --nodes=2",
         "#SBATCH --ntasks-per-node=1",
         "#SBATCH --gpus-per-node=8",
+        "#SBATCH --mem=0",
         "#SBATCH --partition=gpu",
         "#SBATCH --account=med",
         "#SBATCH --time=2-00:00:00",
@@ -79,6 +80,7 @@ def test_two_nodes_eight_gpus() -> None:
     # GPU environment exported before the user's setup lines.
     assert "export CUDA_DEVICE_MAX_CONNECTIONS=1" in lines
     assert "export TORCH_NCCL_ASYNC_ERROR_HANDLING=1" in lines
+    assert "export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True" in lines
     assert subprocess.run(["bash", "-n"], input=text, text=True, check=False).returncode == 0
 
 
@@ -103,11 +105,31 @@ def test_cpu_job_and_options() -> None:
     assert "#SBATCH --no-requeue" in lines and "requeue=0" in lines
     assert "#SBATCH --chdir=/work/main" in lines
     assert lines.index("#SBATCH --qos=high") + 1 == lines.index("#SBATCH --mem=0")
+    # The user's own --mem replaces launcher.mem rather than adding a second one.
+    assert sum(line.startswith("#SBATCH --mem") for line in lines) == 1
     assert not any("gpus-per-node" in line or "NCCL" in line for line in lines)
     assert "--nproc_per_node=2 \\" in text and "-m tests.launch_probe" in text
     assert "exec python -m torch.distributed.run --nnodes" in text
     assert "source .venv/bin/activate" in lines
     assert "torchrun-node 'run_dir=/tmp/my run' 'a='\"'\"'x'\"'\"'' &" in text
+
+
+def test_mem_option() -> None:
+    lines = render_sbatch(to_launcher_config({"kind": "slurm", "mem": "480G"}), []).splitlines()
+    assert "#SBATCH --mem=480G" in lines
+    lines = render_sbatch(to_launcher_config({"kind": "slurm", "mem": None}), []).splitlines()
+    assert not any(line.startswith("#SBATCH --mem") for line in lines)
+
+
+def test_torchrun_script_exports_the_same_gpu_env() -> None:
+    """launch/torchrun.sh spells the GPU defaults out in bash: they must stay the Python ones."""
+    import re
+
+    from megatron_chimed.launch.config import default_gpu_env
+
+    script = (REPO / "launch" / "torchrun.sh").read_text()
+    exported = dict(re.findall(r'^export (\w+)="\$\{\1:-([^}]*)\}"$', script, re.M))
+    assert exported == default_gpu_env()
 
 
 @pytest.mark.parametrize(

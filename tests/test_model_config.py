@@ -120,3 +120,21 @@ def test_unknown_precision() -> None:
 def test_tiny_yaml_is_the_tiny_test_checkpoint_shape() -> None:
     # conf/model/tiny.yaml drives the demo; tiny_ziya.TINY writes the checkpoint it starts from.
     assert load(["model=tiny"]).model == TINY
+
+
+def test_attention_backend_defaults_to_te_choosing() -> None:
+    from megatron.core.transformer.enums import AttnBackend
+
+    from megatron_chimed.model.builder import _attention_backend
+
+    # Forcing flash makes megatron switch TE's fused and unfused backends off: with flash-attn
+    # missing or out of TE's range no backend would be left, and Hopper loses cuDNN attention.
+    assert ZIYA.attention_backend == "auto"
+    assert _attention_backend(ZIYA, "transformer_engine") == AttnBackend.auto
+    flash = dataclasses.replace(ZIYA, attention_backend="flash")
+    assert _attention_backend(flash, "transformer_engine") == AttnBackend.flash
+    assert _attention_backend(ZIYA, "local") == AttnBackend.local
+    with pytest.raises(ValueError, match="model.attention_backend=flash needs the Transformer"):
+        _attention_backend(flash, "local")
+    with pytest.raises(ValueError, match="model.attention_backend='cudnn': expected one of"):
+        dataclasses.replace(ZIYA, attention_backend="cudnn").validate()

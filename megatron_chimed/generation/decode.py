@@ -43,7 +43,8 @@ def whole_embedding(model: torch.nn.Module) -> torch.Tensor | None:
     shard = core.embedding.word_embeddings.weight.detach()
     table = shard.new_empty((shard.size(0) * tp, shard.size(1)))
     group = parallel_state.get_tensor_model_parallel_group()
-    dist.all_gather_single(table, shard.contiguous(), group=group)
+    # all_gather_into_tensor: in every torch >= 2.0 (setup.py allows >= 2.6).
+    dist.all_gather_into_tensor(table, shard.contiguous(), group=group)
     return table
 
 

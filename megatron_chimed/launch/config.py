@@ -16,12 +16,21 @@ from omegaconf import DictConfig, OmegaConf
 KINDS = ("local", "torchrun", "slurm")
 
 
-def _default_gpu_env() -> dict[str, str]:
+def default_gpu_env() -> dict[str, str]:
+    """What every GPU rank gets unless the user's environment says otherwise."""
     return {
-        # Megatron's TP communication/computation overlap relies on a single CUDA work queue.
+        # Sequence parallelism and TP communication overlap need kernels queued in issue order
+        # on one hardware queue (Megatron-LM sets this for --sequence-parallel). Read when the
+        # CUDA context is created, so it must be in the environment before the ranks start.
         "CUDA_DEVICE_MAX_CONNECTIONS": "1",
+        # Growable segments instead of fixed blocks: far less fragmentation when activation
+        # sizes vary (packed SFT, RM batches of K answers, generation), as Megatron-LM advises.
+        "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
         # A rank stuck in a collective aborts (and Slurm ends the job) instead of hanging forever.
         "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
+        # Free the buffers of asynchronous collectives (overlapped grad reduce / param gather)
+        # when they complete, not when the caching allocator next syncs (NeMo's launch default).
+        "TORCH_NCCL_AVOID_RECORD_STREAMS": "1",
         "NCCL_DEBUG": "WARN",
     }
 
@@ -49,6 +58,10 @@ class LauncherConfig:
     gpus_per_node: int = 0  # 0: CPU run, ranks per node come from procs_per_node
     procs_per_node: int = 1
     cpus_per_task: int = 0  # 0: leave to the cluster default
+    # sbatch --mem per node: "0" is the whole node's memory (a 13B job's data loaders, pinned
+    # buffers and checkpoint staging need far more than most clusters' per-CPU default); null
+    # leaves it to the cluster; an --mem in sbatch_extra takes precedence.
+    mem: str | None = "0"
     partition: str | None = None
     account: str | None = None
     time: str = "04:00:00"
@@ -60,7 +73,7 @@ class LauncherConfig:
     torchrun: str = "torchrun"  # command starting torchrun on the nodes
     setup: list[str] = field(default_factory=list)  # env/container lines run before training
     sbatch_extra: list[str] = field(default_factory=list)  # e.g. "--qos=high", "--exclusive"
-    gpu_env: dict[str, str] = field(default_factory=_default_gpu_env)  # exported if GPUs
+    gpu_env: dict[str, str] = field(default_factory=default_gpu_env)  # exported if GPUs
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

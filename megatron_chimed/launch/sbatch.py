@@ -20,6 +20,8 @@ def sbatch_directives(cfg: LauncherConfig, log_dir: str) -> list[str]:
         opts.append(f"--gpus-per-node={cfg.gpus_per_node}")
     if cfg.cpus_per_task:
         opts.append(f"--cpus-per-task={cfg.cpus_per_task}")
+    if cfg.mem is not None and not any(re.search(r"--mem\b", x) for x in cfg.sbatch_extra):
+        opts.append(f"--mem={cfg.mem}")
     if cfg.partition:
         opts.append(f"--partition={cfg.partition}")
     if cfg.account:

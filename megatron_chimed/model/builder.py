@@ -67,7 +67,6 @@ def transformer_config(
     model: ModelConfig, parallel: ParallelConfig, precision: Precision = "fp32"
 ) -> TransformerConfig:  # noqa: F821
     """The megatron TransformerConfig for a LLaMA shape (SwiGLU, RMSNorm, RoPE, no biases)."""
-    from megatron.core.transformer.enums import AttnBackend
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     if precision not in _DTYPES:
@@ -103,7 +102,7 @@ def transformer_config(
         params_dtype=_DTYPES[precision],
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        attention_backend=AttnBackend.flash if impl == "transformer_engine" else AttnBackend.local,
+        attention_backend=_attention_backend(model, impl),
         # The fused kernels are CUDA-only; on the CPU every one of them must be off.
         use_cpu_initialization=not on_gpu,
         gradient_accumulation_fusion=False,
@@ -113,6 +112,23 @@ def transformer_config(
         apply_rope_fusion=on_gpu and impl == "transformer_engine",
         persist_layer_norm=False,
     )
+
+
+def _attention_backend(model: ModelConfig, impl: str) -> AttnBackend:  # noqa: F821
+    """megatron's AttnBackend for `model.attention_backend` under the resolved spec."""
+    from megatron.core.transformer.enums import AttnBackend
+
+    if impl != "transformer_engine":
+        # The local spec has one attention implementation; asking it for a TE kernel is a
+        # config error, not something to drop silently.
+        if model.attention_backend not in ("auto", "local"):
+            raise ValueError(
+                f"model.attention_backend={model.attention_backend} needs the Transformer "
+                "Engine spec (model.transformer_impl=transformer_engine); the local spec runs "
+                "megatron's own attention: use auto or local"
+            )
+        return AttnBackend.local
+    return AttnBackend[model.attention_backend]
 
 
 def layer_spec(impl: str) -> ModuleSpec:  # noqa: F821

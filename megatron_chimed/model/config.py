@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+# megatron-core's AttnBackend names (transformer/enums.py).
+ATTENTION_BACKENDS = ("auto", "flash", "fused", "unfused", "local")
+
 
 @dataclass
 class ModelConfig:
@@ -31,6 +34,11 @@ class ModelConfig:
     # flash attention) where CUDA and TE exist, else megatron-core's local spec. Key names in
     # checkpoints differ between the two (see megatron_chimed/convert).
     transformer_impl: str = "auto"
+    # Transformer Engine's attention kernel: `auto` lets TE pick per shape and GPU (cuDNN fused
+    # attention on Hopper, flash-attn elsewhere), as megatron-core's default does. Forcing
+    # `flash` makes megatron disable TE's fused and unfused backends, so a missing or
+    # out-of-range flash-attn leaves no backend at all. `local` is megatron's own PyTorch one.
+    attention_backend: str = "auto"
 
     @property
     def head_dim(self) -> int:
@@ -43,6 +51,11 @@ class ModelConfig:
 
     def validate(self, tensor_parallel: int = 1, seq_length: int | None = None) -> None:
         """Raise ValueError naming the field for a shape that cannot be built or split."""
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(
+                f"model.attention_backend={self.attention_backend!r}: expected one of "
+                f"{', '.join(ATTENTION_BACKENDS)}"
+            )
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"model.hidden_size={self.hidden_size} is not divisible by "

@@ -2,10 +2,22 @@
 
 from megatron_chimed.platform.distributed import (
     ParallelLayout,
+    compute_device,
     destroy,
+    host_group,
     initialize,
+    is_host_group,
     seed_everything,
     validate_world,
 )
 
-__all__ = ["ParallelLayout", "destroy", "initialize", "seed_everything", "validate_world"]
+__all__ = [
+    "ParallelLayout",
+    "compute_device",
+    "destroy",
+    "host_group",
+    "initialize",
+    "is_host_group",
+    "seed_everything",
+    "validate_world",
+]

@@ -81,6 +81,40 @@ def initialize(
     return ParallelLayout(rank, local_rank, world_size, tensor_parallel, data_parallel, device)
 
 
+# Set only by megatron_chimed.testing.collective_guard, which fakes a device on the CPU suite.
+_faked_device: torch.device | None = None
+
+
+def compute_device() -> torch.device:
+    """Where the model runs, and so where every tensor handed to a collective on megatron's
+    groups must live: under NCCL (the GPU backend) a CPU tensor is an error at the first call."""
+    if _faked_device is not None:
+        return _faked_device
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+_host_group: dist.ProcessGroup | None = None
+
+
+def host_group() -> dist.ProcessGroup | None:
+    """A gloo group over every rank, for collectives on host tensors (flags, counters) that
+    must not make a round trip to the GPU; None without torch.distributed.
+
+    Created on first use, which is itself a collective: call it on every rank at the same point
+    (e.g. at start-up). A dedicated group even when the default backend is gloo, so that code
+    paths are the same on CPU and GPU and a test can tell host collectives from device ones."""
+    global _host_group
+    if _host_group is None and dist.is_initialized():
+        _host_group = dist.new_group(backend="gloo")
+    return _host_group
+
+
+def is_host_group(group: object) -> bool:
+    return group is not None and group is _host_group
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -91,8 +125,10 @@ def destroy() -> None:
     """Tear down megatron's groups and the process group; safe to call twice."""
     from megatron.core import parallel_state
 
+    global _host_group
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
+    _host_group = None
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

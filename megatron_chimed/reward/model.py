@@ -42,7 +42,11 @@ class RewardModel(MegatronModule):
         head = torch.nn.Linear(gpt.config.hidden_size, 1, bias=False)
         generator = torch.Generator().manual_seed(HEAD_SEED)
         torch.nn.init.normal_(head.weight, std=gpt.config.init_method_std, generator=generator)
-        gpt.add_module(VALUE_HEAD, head.to(gpt.config.params_dtype))
+        # The trunk is already on its device (build_model places it): a head left on the host
+        # would fail at the first scoring forward on a GPU. Initialised on the host first, so
+        # its values do not depend on the device's RNG.
+        device = next(gpt.parameters()).device
+        gpt.add_module(VALUE_HEAD, head.to(device=device, dtype=gpt.config.params_dtype))
         self.module = gpt
 
     def forward(

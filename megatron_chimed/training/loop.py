@@ -24,7 +24,7 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from megatron_chimed.checkpoint import layout
-from megatron_chimed.platform import seed_everything
+from megatron_chimed.platform import compute_device, seed_everything
 from megatron_chimed.training import checkpointing
 from megatron_chimed.training.metrics import MetricsLogger
 from megatron_chimed.training.optim import build_optimizer, wrap_ddp
@@ -104,22 +104,32 @@ def _loader(dataset: Any, consumed: int, cfg: TrainingConfig) -> Iterator:
 
 
 def _reduce_reports(reports: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Sum each name's [sum, count] over micro-batches and DP ranks."""
+    """Sum each name's [sum, count] over micro-batches and DP ranks.
+
+    One all-reduce of a [names, 2] tensor on the compute device: megatron's DP group is NCCL on
+    GPUs, which takes CUDA tensors only. Names are sorted so every rank packs the same rows."""
     from megatron.core import parallel_state
 
-    totals: dict[str, torch.Tensor] = {}
-    for report in reports:
-        for name, value in report.items():
-            totals[name] = totals.get(name, 0) + value.detach().double().cpu()
-    for value in totals.values():
-        dist.all_reduce(
-            value, group=parallel_state.get_data_parallel_group(with_context_parallel=True)
-        )
-    return totals
+    device = compute_device()
+    names = sorted({name for report in reports for name in report})
+    totals = torch.stack(
+        [
+            torch.stack([r[name].detach().to(device, torch.float64) for r in reports]).sum(0)
+            for name in names
+        ]
+    )
+    dist.all_reduce(
+        totals, group=parallel_state.get_data_parallel_group(with_context_parallel=True)
+    )
+    return dict(zip(names, totals))
 
 
 def _averages(totals: dict[str, torch.Tensor]) -> dict[str, float]:
-    return {name.replace(" ", "_"): (v[0] / v[1].clamp(min=1)).item() for name, v in totals.items()}
+    # One device -> host copy for every name (each .item() would be a sync of its own).
+    rows = torch.stack(list(totals.values())).tolist() if totals else []
+    return {
+        name.replace(" ", "_"): total / max(count, 1) for name, (total, count) in zip(totals, rows)
+    }
 
 
 def _total_samples(cfg: TrainingConfig) -> tuple[int, int, int]:

@@ -11,6 +11,8 @@ import signal
 import torch
 import torch.distributed as dist
 
+from megatron_chimed.platform import host_group
+
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
@@ -21,10 +23,9 @@ class PreemptionFlag:
         self.received = 0
         for sig in SIGNALS:
             signal.signal(sig, self._on_signal)
-        # The flag is a CPU tensor: under NCCL it needs a gloo group of its own.
-        self.group = None
-        if dist.is_initialized() and dist.get_backend() != "gloo":
-            self.group = dist.new_group(backend="gloo")
+        # The flag is a host tensor: it goes over the gloo host group, never NCCL (which takes
+        # CUDA tensors only), and costs no device sync.
+        self.group = host_group()
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.received = signum
