@@ -1,4 +1,4 @@
-"""The reward model exports to HF LlamaForSequenceClassification and back (issue 6, item 6)."""
+"""The reward model exports to HF LlamaForSequenceClassification and back."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Schema checks for the bundled sample data (megatron_chimed/sample_data).
 
 Every file is parsed the way the corresponding real data set has to be parsed (see
-shared/datasets.md): JSON Lines named .json, one JSON array, one JSON object keyed by scenario,
+docs/data_formats.md): JSON Lines named .json, one JSON array, one JSON object keyed by scenario,
 CSV with an unnamed index column, JSON Lines with a UTF-8 BOM, line-oriented MedDialog text and
 char-level BIO. If a sample file drifts from the real layout, the readers would silently be tested
 against the wrong format, so these tests pin the layout down.

@@ -2,7 +2,7 @@
 
 A dialogue is a list of messages `{"role": "user" | "assistant", "content": str}`, alternating
 and starting with the user. The Ziya template (Fengshenbang `finetune_ziya_llama.py`, see
-shared/datasets.md section 12) renders it as
+docs/data_formats.md §template) renders it as
 
     <s><human>:{user 1}\n<bot>:{assistant 1}</s><human>:{user 2}\n<bot>:{assistant 2}</s>
 

@@ -1,6 +1,6 @@
 """Readers for the multi-choice benchmarks: C-Eval CSV, CMMLU CSV, MedQA (MCMLE) JSON Lines.
 
-Layouts (shared/datasets.md §6-8):
+Layouts (docs/data_formats.md §ceval, §cmmlu, §medqa):
 - C-Eval ``{split}/{subject}_{split}.csv``; dev has ``explanation``, val lacks it, test lacks
   ``answer`` too (labels not public: such rows carry ``answer=""``).
 - CMMLU ``{split}/{subject}.csv`` with an unnamed first index column (header ``,Question,...``).

@@ -1,9 +1,9 @@
 """NER readers: span JSON Lines (CCKS-2019 and a configurable ChiMST layout) and char/word BIO.
 
-CCKS-2019 (shared/datasets.md §9): JSON Lines, UTF-8 with a BOM (possibly one per concatenated
-part), ``originalText`` + ``entities`` of ``{label_type, start_pos, end_pos}`` with ``end_pos``
-exclusive. ChiMST's format is not public (§10), so both of its readers take the field names /
-columns from the config.
+CCKS-2019 (docs/data_formats.md §ccks2019): JSON Lines, UTF-8 with a BOM (possibly one per
+concatenated part), ``originalText`` + ``entities`` of ``{label_type, start_pos, end_pos}`` with
+``end_pos`` exclusive. ChiMST's format is not public (docs/data_formats.md §chimst), so both of
+its readers take the field names / columns from the config.
 """
 
 from __future__ import annotations

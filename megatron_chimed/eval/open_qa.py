@@ -1,8 +1,9 @@
 """Zero-shot generation tasks scored with BLEU/ROUGE: ChiMed open QA and MC next utterance.
 
-ChiMed has no published on-disk format; we read the normalised schema of shared/datasets.md §2
-(JSON Lines: ``question`` plus ``answers`` with ``recommended``/``adopted`` flags). MC is read in
-its crawler layout (§3: ``content`` = list of ``{speaker, utterance}``, speaker ``患者`` or not).
+ChiMed has no published on-disk format; we read our normalised schema, JSON Lines with
+``question`` plus ``answers`` with ``recommended``/``adopted`` flags (docs/data_formats.md §chimed).
+MC is read in its crawler layout, ``content`` = list of ``{speaker, utterance}``, speaker ``患者``
+or not (docs/data_formats.md §mc).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Rejection-sampling fine-tuning (issue 7; paper section 2.3), the `rs` stage.
+"""Rejection-sampling fine-tuning (paper section 2.3), the `rs` stage; its prompts and files:
+docs/data_formats.md §RS.
 
 config.py        the stage's `data` group: SFT sources + N, top-k, threshold, rounds
 files.py         the files between phases: shards, DONE markers, phase log, report

@@ -1,4 +1,4 @@
-"""The reward model (issue 6; paper section 2.3, appendix A).
+"""The reward model (paper section 2.3, appendix A); its data: docs/data_formats.md §reward.
 
     data.py    ranked preference records (K responses per prompt, best first)
     batch.py   pairing modes (adjacent / all / binary), tokenisation, padding

@@ -1,5 +1,6 @@
 """SFT data: readers for every source format, encoding with the chat template, first-fit
-packing and the cached packed dataset (issue 5; paper section 2.2)."""
+packing and the cached packed dataset (paper section 2.2). The formats: docs/data_formats.md §SFT.
+"""
 
 from megatron_chimed.data.jsonio import DataError
 from megatron_chimed.data.sft.config import SFTDataConfig, SourceConfig, load_data_config

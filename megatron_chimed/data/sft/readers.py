@@ -1,4 +1,4 @@
-"""One reader per SFT data format (shared/datasets.md), registered by name in `READERS`.
+"""One reader per SFT data format (docs/data_formats.md §SFT), registered by name in `READERS`.
 
 Every reader turns its file into records `{"messages": [{"role", "content"}], "source"}` whose
 last message is the response to train on. QA data gives one record per question; a dialogue
