@@ -27,8 +27,12 @@ setup(
         "rouge-score==0.1.2",
     ],
     extras_require={
-        # apex is not on PyPI: see README.md for the source build.
-        "gpu": ["transformer-engine[pytorch]", "flash-attn"],
+        # apex is not on PyPI: see README.md for the source build. TE 2.10-2.18 take
+        # flash-attn 2.1.1 <= v <= 2.8.3 and compare post releases too (2.8.3.post1 is
+        # rejected), so flash-attn is pinned to the newest one they all accept; TE builds its
+        # PyTorch extension against the installed torch. Start-up checks the pair
+        # (platform/gpu_versions.py) and `chimed gpu-check` prints it.
+        "gpu": ["transformer-engine[pytorch]>=2.10,<2.19", "flash-attn==2.8.3"],
         "test": ["pytest", "ruff"],
     },
     entry_points={"console_scripts": ["chimed=megatron_chimed.cli:main"]},

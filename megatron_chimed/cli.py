@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("megatron_chimed.generation.chat", "chat or batch JSONL generation"),
     "eval": ("megatron_chimed.eval.cli", "the paper's evaluation tasks"),
     "smoke": ("megatron_chimed.smoke", "build the model, one forward/backward"),
+    "gpu-check": ("megatron_chimed.gpu_check.cli", "GPU acceptance check of a new node"),
 }
 
 UNDER_TORCHRUN = {"train", "smoke"}  # entry points that expect torchrun's environment

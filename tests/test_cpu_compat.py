@@ -46,3 +46,19 @@ def test_every_patch_names_its_site() -> None:
     names = [p.name for p in cpu_compat.PATCHES]
     assert len(names) == len(set(names))
     assert all(p.site and p.canary for p in cpu_compat.PATCHES)
+
+
+def test_tensor_type_patch_is_scoped_to_megatron_optimizer_callers() -> None:
+    """`Tensor.type` keeps torch's answer for everyone but megatron's optimizer dtype checks."""
+    import types
+
+    import torch
+
+    cpu_compat.apply()
+    t = torch.zeros(1, dtype=torch.bfloat16)
+    assert t.type() == "torch.BFloat16Tensor"
+    asked_by_megatron = types.FunctionType(
+        (lambda x: x.type()).__code__, {"__name__": "megatron.core.optimizer.distrib_optimizer"}
+    )
+    assert asked_by_megatron(t) == "torch.cuda.BFloat16Tensor"
+    assert t.type(torch.float32).dtype == torch.float32  # a cast is still a cast

@@ -138,3 +138,20 @@ def test_attention_backend_defaults_to_te_choosing() -> None:
         _attention_backend(flash, "local")
     with pytest.raises(ValueError, match="model.attention_backend='cudnn': expected one of"):
         dataclasses.replace(ZIYA, attention_backend="cudnn").validate()
+
+
+def test_te_with_a_flash_attn_it_rejects_is_an_error_naming_both(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from megatron_chimed.model import builder
+    from megatron_chimed.platform.gpu_versions import check_gpu_stack
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(builder, "have_transformer_engine", lambda: True)
+    problems = tuple(check_gpu_stack("2.10.0", "2.8.3.post2"))
+    monkeypatch.setattr(builder, "_gpu_stack_problems", lambda: problems)
+    for requested in ("auto", "transformer_engine"):
+        with pytest.raises(RuntimeError, match=r"transformer-engine 2\.10\.0 .*flash-attn 2\.8\.3"):
+            resolve_transformer_impl(requested)
+    monkeypatch.setattr(builder, "_gpu_stack_problems", lambda: ())
+    assert resolve_transformer_impl("auto") == "transformer_engine"

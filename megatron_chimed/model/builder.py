@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Literal
@@ -33,6 +34,22 @@ def have_transformer_engine() -> bool:
     return bool(HAVE_TE)
 
 
+@functools.cache
+def _gpu_stack_problems() -> tuple[str, ...]:
+    from megatron_chimed.platform.gpu_versions import check_gpu_stack
+
+    return tuple(check_gpu_stack())
+
+
+def _checked_transformer_engine() -> str:
+    """TE, once its stack is known to work: a TE / flash-attn pair that cannot work together
+    is an error naming both versions now, not a slow (or attention-less) job days later."""
+    problems = _gpu_stack_problems()
+    if problems:
+        raise RuntimeError("GPU software stack: " + " ".join(problems))
+    return "transformer_engine"
+
+
 def resolve_transformer_impl(requested: str) -> str:
     """Pick the layer spec. `auto` means TE where CUDA and TE exist, else the local spec.
 
@@ -48,7 +65,7 @@ def resolve_transformer_impl(requested: str) -> str:
                 "model.transformer_impl=transformer_engine but Transformer Engine is not "
                 "installed: `pip install .[gpu]` (or set model.transformer_impl=local)"
             )
-        return "transformer_engine"
+        return _checked_transformer_engine()
     if requested == "local":
         return "local"
     if requested != "auto":
@@ -60,7 +77,7 @@ def resolve_transformer_impl(requested: str) -> str:
             "CUDA is available but Transformer Engine is not installed: using the local "
             "megatron-core spec WITHOUT flash attention. Install it with `pip install .[gpu]`."
         )
-    return "transformer_engine" if cuda and te else "local"
+    return _checked_transformer_engine() if cuda and te else "local"
 
 
 def transformer_config(

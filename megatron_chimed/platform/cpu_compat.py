@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import sys
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -91,11 +92,21 @@ for _name in ("tensor", "zeros", "ones", "empty", "full"):
 _tensor_type = torch.Tensor.type
 
 
+# The only callers that see the CUDA name: megatron's optimizer package compares `t.type()`
+# with 'torch.cuda.*Tensor' strings. Every other caller (ours, torch's, a user's) keeps torch's
+# own answer, so the patch does not change `Tensor.type` for the rest of the process.
+_CUDA_NAME_CALLERS = "megatron.core.optimizer"
+
+
 def _cuda_type_name(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-    """`t.type()` of a CPU tensor as the CUDA name megatron's dtype checks compare with
-    ('torch.cuda.BFloat16Tensor' ...); with arguments (a cast) it is torch's own."""
+    """`t.type()` of a CPU tensor, asked by megatron's optimizer code, as the CUDA name its
+    dtype checks compare with ('torch.cuda.BFloat16Tensor' ...); torch's own answer otherwise
+    (with arguments it is a cast)."""
     name = _tensor_type(self, *args, **kwargs)
     if args or kwargs or self.device.type != "cpu":
+        return name
+    caller = sys._getframe(1).f_globals.get("__name__", "")
+    if not caller.startswith(_CUDA_NAME_CALLERS):
         return name
     return name.replace("torch.", "torch.cuda.", 1)
 
@@ -220,9 +231,13 @@ PATCHES: tuple[Patch, ...] = (
         "type",
         _cuda_type_name,
         site="param.type() == 'torch.cuda.*Tensor' checks in Float16Optimizer, "
-        "DistributedOptimizer and clip_grads (a CPU bf16 param would be rejected)",
-        canary="import torch; t = torch.zeros(1, dtype=torch.bfloat16);"
-        "assert t.type() == 'torch.cuda.BFloat16Tensor', 'cpu tensor type is ' + t.type()",
+        "DistributedOptimizer and clip_grads (a CPU bf16 param would be rejected); the CUDA "
+        "name is given to megatron.core.optimizer callers only",
+        # Asked as megatron's optimizer module asks (its globals), not from this script.
+        canary="import torch, types; t = torch.zeros(1, dtype=torch.bfloat16);"
+        "g = {'__name__': 'megatron.core.optimizer.optimizer'};"
+        "name = types.FunctionType((lambda x: x.type()).__code__, g)(t);"
+        "assert name == 'torch.cuda.BFloat16Tensor', 'cpu tensor type is ' + name",
         expect="cpu tensor type is",
     ),
     Patch(
