@@ -177,6 +177,17 @@ def test_a_micro_batch_holds_every_response_once_and_the_pairs_into_them() -> No
     assert batch.position_ids.tolist()[4] == [0, 1, 2, 3]
 
 
+def test_sequence_parallel_batches_are_cut_to_a_multiple_of_tp() -> None:
+    # Sequence parallelism splits the sequence evenly over the TP ranks.
+    items = [example_tensors(example, 6, pad_id=0) for example in EXAMPLES]
+    assert stack_batch(torch.utils.data.default_collate(items), multiple=2).tokens.shape == (6, 4)
+    odd = torch.utils.data.default_collate([example_tensors(EXAMPLES[1], 6, pad_id=0)])
+    odd["lengths"][0, 0] = 3  # the longest answer now has 3 tokens
+    assert stack_batch(odd).tokens.shape == (3, 3)
+    assert stack_batch(odd, multiple=2).tokens.shape == (3, 4)
+    assert stack_batch(odd, multiple=8).tokens.shape == (3, 6)  # never wider than the sample
+
+
 def test_loss_and_metrics_by_hand() -> None:
     scores = torch.tensor([3.0, 1.0, 2.0, 0.5, 1.5])  # prompt 1 misorders 1 vs 2; prompt 2 wrong
     pairs = torch.tensor([[0, 1], [1, 2], [3, 4]])

@@ -38,13 +38,16 @@ def token_batch(vocab_size: int, batch: int, seq_length: int, seed: int = 1234) 
 
 @torch.no_grad()
 def megatron_logits(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """Full-vocabulary logits (padded rows included) on every rank: TP shards gathered."""
+    """Full-vocabulary logits (padded rows included) on every rank, on the host: TP shards
+    gathered on the model's device (a GPU under NCCL), then compared with HF's on the CPU."""
     from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
-    positions = torch.arange(tokens.shape[1]).unsqueeze(0).expand_as(tokens)
+    device = next(model.parameters()).device
+    tokens = tokens.to(device)
+    positions = torch.arange(tokens.shape[1], device=device).unsqueeze(0).expand_as(tokens)
     model.eval()
     local = model(tokens, positions, None)
-    return gather_from_tensor_model_parallel_region(local).float()
+    return gather_from_tensor_model_parallel_region(local).float().cpu()
 
 
 @torch.no_grad()

@@ -151,13 +151,17 @@ class RewardBatch:
     group_sizes: list[int]  # responses per prompt (K each); they sum to N
 
 
-def stack_batch(micro_batch: dict, device: torch.device | str = "cpu") -> RewardBatch:
+def stack_batch(
+    micro_batch: dict, device: torch.device | str = "cpu", multiple: int = 1
+) -> RewardBatch:
     """A collated micro-batch (tokens [B, K, S], lengths [B, K], pairs [B, P, 2]) as one batch
-    of B x K sequences, cut to its longest sequence. Right padding needs no attention mask:
-    causal attention never lets a real token see the pads that follow it."""
+    of B x K sequences, cut to its longest sequence rounded up to `multiple` (sequence
+    parallelism splits the sequence over the TP ranks: see `sequence_multiple`). Right padding
+    needs no attention mask: causal attention never lets a real token see the pads that follow
+    it."""
     tokens, lengths, pairs = micro_batch["tokens"], micro_batch["lengths"], micro_batch["pairs"]
-    prompts, k, _ = tokens.shape
-    width = int(lengths.max())
+    prompts, k, seq_length = tokens.shape
+    width = min(-(-int(lengths.max()) // multiple) * multiple, seq_length)
     offsets = torch.arange(prompts).mul(k).view(prompts, 1, 1)
     return RewardBatch(
         tokens=tokens[:, :, :width].reshape(prompts * k, width).to(device),
@@ -173,7 +177,17 @@ def collate(
     seq_length: int,
     pad_id: int,
     device: torch.device | str = "cpu",
+    multiple: int = 1,
 ) -> RewardBatch:
     """Examples (each with the same K) straight to a batch, as the loop's loader would."""
     items = [example_tensors(example, seq_length, pad_id) for example in examples]
-    return stack_batch(torch.utils.data.default_collate(items), device)
+    return stack_batch(torch.utils.data.default_collate(items), device, multiple)
+
+
+def sequence_multiple(model: torch.nn.Module) -> int:
+    """What a batch's sequence length must be a multiple of for `model`: its TP size under
+    sequence parallelism (megatron splits the sequence evenly over the TP ranks), else 1."""
+    from megatron_chimed.model import unwrap
+
+    config = unwrap(model).config
+    return config.tensor_model_parallel_size if config.sequence_parallel else 1

@@ -27,7 +27,12 @@ from megatron_chimed.data.template import ChatTemplate, get_template
 from megatron_chimed.generation.loading import model_config_from_metadata, tokenizer_dir
 from megatron_chimed.model import ParallelConfig
 from megatron_chimed.model.builder import Precision
-from megatron_chimed.reward.batch import RankedExample, collate, encode_response
+from megatron_chimed.reward.batch import (
+    RankedExample,
+    collate,
+    encode_response,
+    sequence_multiple,
+)
 from megatron_chimed.reward.data import RankedRecord
 from megatron_chimed.reward.model import build_reward_model
 from megatron_chimed.tokenizer import ZiyaTokenizer
@@ -66,7 +71,7 @@ def score_texts(
             record = RankedRecord(prompt, (response,))
             ids, _ = encode_response(template, tokenizer, record, 0, seq_length, instruction)
             examples.append(RankedExample((ids,), ()))
-        batch = collate(examples, seq_length, tokenizer.pad, device)
+        batch = collate(examples, seq_length, tokenizer.pad, device, sequence_multiple(model))
         out = model(batch.tokens, batch.position_ids, None, batch.last_index)
         scores.extend(out.float().tolist())
     return scores

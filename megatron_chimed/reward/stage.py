@@ -35,6 +35,7 @@ from megatron_chimed.reward.batch import (
     RankedExample,
     encode_records,
     example_tensors,
+    sequence_multiple,
     stack_batch,
 )
 from megatron_chimed.reward.data import RewardDataConfig, read_ranked_jsonl
@@ -168,7 +169,9 @@ class RewardStage(Stage):
         )
 
     def forward_step(self, data_iterator: Iterator, model: torch.nn.Module) -> ForwardStepResult:
-        batch = stack_batch(next(data_iterator), next(model.parameters()).device)
+        batch = stack_batch(
+            next(data_iterator), next(model.parameters()).device, sequence_multiple(model)
+        )
         scores = model(batch.tokens, batch.position_ids, None, batch.last_index)
         return scores, partial(
             pairwise_loss, pairs=batch.pairs, group_sizes=batch.group_sizes, margin=self.data.margin
