@@ -86,9 +86,9 @@ def main() -> None:
     from megatron_chimed import config
     from megatron_chimed.data.indexed import output_prefix, preprocess
     from megatron_chimed.platform import destroy, initialize
+    from megatron_chimed.stages.cpt import PretrainStage
     from megatron_chimed.testing.tiny_ziya import SAMPLE_DATA, make_tiny_ziya
     from megatron_chimed.tokenizer import ZiyaTokenizer
-    from megatron_chimed.training.cpt import PretrainStage
     from megatron_chimed.training.loop import train
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -7,9 +7,9 @@ same line on a laptop and inside an sbatch script.
 from __future__ import annotations
 
 import importlib
-import os
-import subprocess
 import sys
+
+from megatron_chimed.launch.torchrun import torchrun
 
 # command -> (module with main(argv) -> int, what it does)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -27,18 +27,6 @@ UNDER_TORCHRUN = {"train", "smoke"}  # entry points that expect torchrun's envir
 def usage() -> str:
     rows = "\n".join(f"  {name:<9} {what}" for name, (_, what) in COMMANDS.items())
     return f"usage: chimed <command> [key=value ...]\ncommands:\n{rows}\n"
-
-
-def torchrun(module: str, nproc: int, args: list[str]) -> int:
-    """Run `python -m module args` on `nproc` local ranks; --standalone picks a free port, so
-    two jobs on one node never collide."""
-    from megatron_chimed.launch.config import default_gpu_env
-
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={nproc}", "-m", module, *args]  # fmt: skip
-    # The GPU settings a Slurm job exports (launch/config.py), unless the user set them: they
-    # are read when each rank creates its CUDA context, too late to set from inside.
-    return subprocess.call(cmd, env={**default_gpu_env(), **os.environ})
 
 
 def main(argv: list[str] | None = None) -> int:

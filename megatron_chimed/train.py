@@ -10,16 +10,11 @@ Exits 0 after a preemption checkpoint (SIGTERM / SIGUSR1), so the Slurm job can 
 
 from __future__ import annotations
 
-import importlib
 import logging
 import sys
 from pathlib import Path
 
 from megatron_chimed.checkpoint import layout
-
-# Stages that are not one run of the training loop: "module:function", called as
-# function(cfg, tokenizer_dir) -> status, under the same launch (torchrun, Slurm) as the rest.
-ORCHESTRATORS: dict[str, str] = {"rs": "megatron_chimed.rejection_sampling:run"}
 
 
 def tokenizer_dir(cfg) -> Path:
@@ -41,15 +36,15 @@ def tokenizer_dir(cfg) -> Path:
 def main(argv: list[str]) -> int:
     from megatron_chimed import config
     from megatron_chimed.platform import destroy, initialize
+    from megatron_chimed.stages import import_object, stage_spec
     from megatron_chimed.tokenizer import ZiyaTokenizer
     from megatron_chimed.training.loop import train
-    from megatron_chimed.training.stage import stage_class
 
     cfg = config.load(argv)
     if not cfg.stage:
         raise config.ConfigError("no stage selected: add stage=cpt (or sft, rm, rs)")
-    orchestrator = ORCHESTRATORS.get(cfg.stage)
-    stage_cls = None if orchestrator else stage_class(cfg.stage)
+    spec = stage_spec(cfg.stage)
+    implementation = import_object(spec.implementation)
     initialize(cfg.parallel.tensor_model_parallel_size, cfg.seed)
     import torch.distributed as dist
 
@@ -58,12 +53,11 @@ def main(argv: list[str]) -> int:
         format="%(asctime)s %(message)s",
     )
     tokenizer = tokenizer_dir(cfg)
-    if orchestrator:
-        module, _, attr = orchestrator.partition(":")
-        status = getattr(importlib.import_module(module), attr)(cfg, tokenizer)
+    if not spec.loop:  # an orchestrator runs the loop itself
+        status = implementation(cfg, tokenizer)
         logging.getLogger(__name__).info("stage %s: %s", cfg.stage, status)
     else:
-        state = train(cfg, stage_cls(cfg, ZiyaTokenizer(tokenizer)), tokenizer)
+        state = train(cfg, implementation(cfg, ZiyaTokenizer(tokenizer)), tokenizer)
         logging.getLogger(__name__).info(
             "%s at iteration %d (%d samples)", state.status, state.iteration, state.consumed_samples
         )

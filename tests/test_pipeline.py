@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from distributed import ROOT
 
-from megatron_chimed.pipeline.config import STEP_NAMES
+from megatron_chimed.config.schema import STEP_NAMES
 from megatron_chimed.pipeline.summary import read_metrics
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from distributed import run_worker
 
-from megatron_chimed.reward.stage import RewardStageConfig, epoch_schedule
+from megatron_chimed.config.schema import OptimConfig, TrainingConfig
+from megatron_chimed.stages.rm import RewardStageConfig, epoch_schedule, rm_schedule
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +37,16 @@ def test_paper_schedule_from_data_size(prompts: int, expected: tuple[int, int]) 
     assert epoch_schedule(RewardStageConfig(), prompts, 8) == expected
 
 
+def test_schedule_is_derived_without_touching_the_config() -> None:
+    training = TrainingConfig(global_batch_size=8, train_iters=1000, eval_interval=5)
+    optim = OptimConfig(warmup_iters=0)
+    t, o = rm_schedule(RewardStageConfig(), training, optim, train_prompts=60, valid_prompts=17)
+    assert (t.train_iters, o.warmup_iters, t.eval_iters) == (15, 5, 2)
+    assert (training.train_iters, optim.warmup_iters, training.eval_iters) == (1000, 0, 10)
+    with pytest.raises(ValueError, match="v.jsonl: 7 prompts, fewer than"):
+        rm_schedule(RewardStageConfig(valid="v.jsonl"), training, optim, 60, 7)
+
+
 def test_unknown_pairing_in_config_is_named() -> None:
     with pytest.raises(ValueError, match="data.eval_pairing='pairs'"):
         RewardStageConfig(eval_pairing="pairs")
@@ -45,6 +56,8 @@ def test_stage_sets_steps_warmup_and_eval_batches_from_the_data(results: dict) -
     assert results["train_iters"] == 15  # 60 prompts x 2 epochs / 8
     assert results["warmup_iters"] == 5
     assert results["eval_iters"] == 1  # 10 valid prompts: one whole global batch of 8
+    assert results["iterations_run"] == 15
+    assert results["config_untouched"]
 
 
 def test_lr_follows_warmup_then_cosine_to_ten_percent(results: dict) -> None:

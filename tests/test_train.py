@@ -66,6 +66,7 @@ def test_exit_at_half_then_resume_is_bitwise_identical(results: dict) -> None:
     assert half["params_equal"]
     assert results["losses"]["half"] == results["losses"]["full"]
     assert half["checkpoints"] == [f"iter_{N // 2:07d}", f"iter_{N:07d}"]
+    assert half["optimizer_format"] == "dp_reshardable"  # the default, fully parallel save/load
 
 
 def test_sigusr1_on_one_rank_stops_all_ranks_and_resume_is_exact(results: dict) -> None:

@@ -20,11 +20,11 @@ from typing import BinaryIO
 
 import torch
 
+from megatron_chimed.config.schema import ModelConfig
 from megatron_chimed.convert.buffers import read_exact
 from megatron_chimed.convert.mapping import ModelMapping, mapping_for
 from megatron_chimed.convert.zip_records import record_data_start, storage_records
 from megatron_chimed.data.jsonio import read_json
-from megatron_chimed.model.config import ModelConfig
 
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from megatron_chimed.model.config import ModelConfig
+from megatron_chimed.config.schema import ModelConfig
 
 # TE fuses each pre-norm into the linear layer after it; the local spec keeps separate modules.
 LOCAL_SPEC_NAMES = {

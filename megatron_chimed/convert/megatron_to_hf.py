@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from megatron_chimed.checkpoint.layout import METADATA, TOKENIZER, read_metadata, resolve
+from megatron_chimed.config.schema import ModelConfig
 from megatron_chimed.convert.buffers import Buffer
 from megatron_chimed.convert.dcp_reader import CheckpointReader, largest_tensor
 from megatron_chimed.convert.hf_folder import hf_config
@@ -24,7 +25,6 @@ from megatron_chimed.convert.splice import Spliced, segments, to_hf_runs
 from megatron_chimed.convert.staging import check_output, staged_output
 from megatron_chimed.convert.streaming_save import single_process_group
 from megatron_chimed.convert.tokenizer_files import check_tokenizer, copy_tokenizer
-from megatron_chimed.model.config import ModelConfig
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9
 MODEL_KEY_PREFIXES = ("embedding.", "decoder.", "output_layer.", "value_head.")

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch.distributed.checkpoint.filesystem import FileSystem
 
+from megatron_chimed.config.schema import ModelConfig
 from megatron_chimed.convert.direct_file import DirectFile, Segment
 from megatron_chimed.convert.mapping import Entry
-from megatron_chimed.model.config import ModelConfig
 
 Run = tuple[int, int, int]  # (source part, first row, rows); part -1 = rows of zeros
 

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from megatron_chimed.checkpoint.layout import TOKENIZER_FILES
-from megatron_chimed.model.config import ModelConfig
+from megatron_chimed.config.schema import ModelConfig
 from megatron_chimed.tokenizer import ZiyaTokenizer
 
 log = logging.getLogger(__name__)

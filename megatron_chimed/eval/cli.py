@@ -31,9 +31,9 @@ from omegaconf import OmegaConf
 from megatron_chimed.config import ConfigError, RunConfig, load
 from megatron_chimed.eval.model_api import HFEvalModel
 from megatron_chimed.eval.runner import run_eval
+from megatron_chimed.model.builder import DTYPES
 
 MODEL_KEYS = ("checkpoint", "hf")  # the command's own arguments, not Hydra keys
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def split_model_args(argv: list[str]) -> tuple[str, Path, list[str]]:
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     eval_config(cfg)  # fail on a missing task before starting any process
     nproc = processes(cfg, kind)
     if "LOCAL_RANK" not in os.environ and nproc > 1:
-        from megatron_chimed.cli import torchrun
+        from megatron_chimed.launch.torchrun import torchrun
 
         return torchrun("megatron_chimed.eval.cli", nproc, argv)
     result = evaluate_hf(cfg, path) if kind == "hf" else evaluate_megatron(cfg, path)

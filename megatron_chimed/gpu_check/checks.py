@@ -154,8 +154,8 @@ def check_packed_sft(ctx: CheckContext) -> CheckResult:
     the backward runs. Control: the same rows as one causal sequence (`concat`) must move the
     later samples' losses by more than LEAK_MARGIN, else the comparison proves nothing."""
     from megatron_chimed.gpu_check.train_check import sft_config
+    from megatron_chimed.stages.sft import SFTStage
     from megatron_chimed.training.loss import token_losses
-    from megatron_chimed.training.sft import SFTStage
 
     name = "packed_sft"
     if ctx.device.type == "cuda" and not ctx.te:

@@ -7,7 +7,7 @@ goes to a JSON report. Exit status: 0 when every check that ran passed, 1 when o
 
 Processes: with `--wheels` the command installs the local wheels into a target folder and runs
 itself again with that folder on PYTHONPATH; with `--tp 2` it runs itself again under torchrun
-(`megatron_chimed.cli.torchrun`), where every rank runs every check and rank 0 reports.
+(`megatron_chimed.launch.torchrun`), where every rank runs every check and rank 0 reports.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         return install_and_rerun(args, argv)
     under_torchrun = "LOCAL_RANK" in os.environ
     if args.tp > 1 and not under_torchrun:
-        from megatron_chimed.cli import torchrun
+        from megatron_chimed.launch.torchrun import torchrun
 
         work = args.work_dir or Path(tempfile.mkdtemp(prefix="chimed_gpu_check_"))
         try:

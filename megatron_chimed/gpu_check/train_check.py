@@ -17,8 +17,8 @@ import torch.distributed as dist
 
 from megatron_chimed.gpu_check.context import CheckContext, environment, release
 from megatron_chimed.gpu_check.results import CheckResult, verdict
+from megatron_chimed.stages.sft import SFTStage
 from megatron_chimed.testing.tiny_ziya import SAMPLE_DATA
-from megatron_chimed.training.sft import SFTStage
 
 # Resumed losses must equal the uninterrupted run's: the same weights, optimizer state, data
 # and RNG (bitwise on the CPU). TE's attention backward adds with atomics unless told to be

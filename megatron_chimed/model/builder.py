@@ -4,28 +4,19 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from megatron_chimed.model.config import ModelConfig
+from megatron_chimed.config.schema import ModelConfig, ParallelConfig
 
 log = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "bf16", "fp16"]
 TransformerImpl = Literal["auto", "local", "transformer_engine"]
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass
-class ParallelConfig:
-    """How the model is split: `conf/parallel/*.yaml`. DP is whatever the world size leaves."""
-
-    tensor_model_parallel_size: int = 1
-    sequence_parallel: bool = False
-    use_distributed_optimizer: bool = True
+# The one precision -> dtype map (the names are config/schema.py PRECISIONS).
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def have_transformer_engine() -> bool:
@@ -86,8 +77,8 @@ def transformer_config(
     """The megatron TransformerConfig for a LLaMA shape (SwiGLU, RMSNorm, RoPE, no biases)."""
     from megatron.core.transformer.transformer_config import TransformerConfig
 
-    if precision not in _DTYPES:
-        raise ValueError(f"precision={precision!r}: expected one of {sorted(_DTYPES)}")
+    if precision not in DTYPES:
+        raise ValueError(f"precision={precision!r}: expected one of {sorted(DTYPES)}")
     tp = parallel.tensor_model_parallel_size
     model.validate(tensor_parallel=tp)
     impl = resolve_transformer_impl(model.transformer_impl)
@@ -116,7 +107,7 @@ def transformer_config(
         init_method_std=model.init_method_std,
         tensor_model_parallel_size=tp,
         sequence_parallel=sequence_parallel,
-        params_dtype=_DTYPES[precision],
+        params_dtype=DTYPES[precision],
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         attention_backend=_attention_backend(model, impl),
@@ -128,6 +119,9 @@ def transformer_config(
         masked_softmax_fusion=on_gpu,
         apply_rope_fusion=on_gpu and impl == "transformer_engine",
         persist_layer_norm=False,
+        # Losses are per token (training/loss.py): megatron's DDP sums gradients and
+        # finalize_model_grads divides them by the global batch's loss-token count.
+        calculate_per_token_loss=True,
     )
 
 

@@ -21,10 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from megatron_chimed.pipeline.config import PipelineConfig
-
-# The checkpoint each training stage starts from (weights only), by the step that made it.
-STARTS_FROM = {"cpt": "convert", "sft": "cpt", "rm": "sft", "rs": "sft"}
+from megatron_chimed.config.schema import PipelineConfig
+from megatron_chimed.launch.torchrun import torchrun_command, torchrun_env
+from megatron_chimed.stages import STAGES
 
 
 @dataclass
@@ -58,7 +57,12 @@ class Context:
         with open(log_path, "a", encoding="utf-8") as log:
             log.write(f"$ {' '.join(cmd)}\n")
             proc = subprocess.Popen(
-                cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                bufsize=1,
+                env=torchrun_env(),
             )
             assert proc.stdout is not None
             for line in proc.stdout:
@@ -69,14 +73,13 @@ class Context:
 
     def train(self, stage: str, *extra: str) -> dict[str, Any]:
         p = self.pipeline
-        cmd = [
-            sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc_per_node={p.nproc_per_node}", "-m", "megatron_chimed.train",
+        data = p.data.get(stage, STAGES[stage].demo_data)
+        cmd = torchrun_command("megatron_chimed.train", p.nproc_per_node, [
             *self.overrides, f"stage={stage}", f"run_dir={self.run_dir / stage}",
-            f"checkpoint.load={self.checkpoints(STARTS_FROM[stage])}",
-            f"training.tokenizer={self.tokenizer}", f"data={p.data[stage]}",
+            f"checkpoint.load={self.checkpoints(STAGES[stage].starts_from)}",
+            f"training.tokenizer={self.tokenizer}", f"data={data}",
             *extra, *p.stage_overrides.get(stage, []),
-        ]  # fmt: skip
+        ])  # fmt: skip
         self.run_logged(stage, cmd)
         return {"run_dir": str(self.run_dir / stage)}
 

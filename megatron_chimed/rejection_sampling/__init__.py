@@ -5,9 +5,6 @@ config.py        the stage's `data` group: SFT sources + N, top-k, threshold, ro
 files.py         the files between phases: shards, DONE markers, phase log, report
 selection.py     top-k per prompt, ShareGPT output, score statistics (pure functions)
 phases.py        the five phases of a round
-orchestrator.py  `run(cfg, tokenizer_dir)`: rounds of phases, resumable
+
+The stage itself (rounds of phases, resumable) is megatron_chimed/stages/rs.py.
 """
-
-from megatron_chimed.rejection_sampling.orchestrator import run
-
-__all__ = ["run"]

@@ -1,4 +1,4 @@
-"""The five phases of a rejection-sampling round; orchestrator.py runs them in order.
+"""The five phases of a rejection-sampling round; megatron_chimed/stages/rs.py runs them in order.
 
 Each phase is `phase(round, out_dir) -> statistics` and is called on every rank; rank 0's
 statistics go into the phase's DONE marker. Prompts and selection are small and done by rank 0
@@ -192,9 +192,9 @@ def fine_tune(rnd: Round, out: Path) -> dict | None:
     """(e) the SFT stage on the kept answers, from this round's policy, with the run's
     optimizer and training settings (conf/stage/rs.yaml). Its run_dir is `out`: checkpoints,
     metrics and resume work as for any stage. None when the loop stopped early (preemption)."""
+    from megatron_chimed.stages.sft import SFTStage
     from megatron_chimed.tokenizer import ZiyaTokenizer
     from megatron_chimed.training.loop import train
-    from megatron_chimed.training.sft import SFTStage
 
     cfg = sft_run_config(rnd, out)
     state = train(cfg, SFTStage(cfg, ZiyaTokenizer(rnd.tokenizer_dir)), rnd.tokenizer_dir)

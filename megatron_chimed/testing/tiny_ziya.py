@@ -20,11 +20,10 @@ from pathlib import Path
 
 import torch
 
+from megatron_chimed.config.schema import SAMPLE_DATA, ModelConfig
 from megatron_chimed.convert.hf_folder import hf_config
-from megatron_chimed.model.config import ModelConfig
 from megatron_chimed.tokenizer import BOT, HUMAN
 
-SAMPLE_DATA = Path(__file__).resolve().parent.parent / "sample_data"
 SP_PIECES = 1998  # + <human>, <bot> = 2000: not a multiple of 128, as 39410 is not
 
 TINY = ModelConfig(

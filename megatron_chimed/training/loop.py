@@ -13,6 +13,7 @@ MegatronPretrainingSampler), so a resume at any DP size continues with the same 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,39 +25,13 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from megatron_chimed.checkpoint import layout
+from megatron_chimed.config.schema import RunConfig, TrainingConfig
 from megatron_chimed.platform import compute_device, seed_everything
 from megatron_chimed.training import checkpointing
 from megatron_chimed.training.metrics import MetricsLogger
 from megatron_chimed.training.optim import build_optimizer, wrap_ddp
 from megatron_chimed.training.preemption import PreemptionFlag
 from megatron_chimed.training.stage import Stage
-
-
-@dataclass
-class TrainingConfig:
-    """`conf/training/*.yaml` (steps, batch, logging); the stage file sets seq_length."""
-
-    seq_length: int = 4096
-    micro_batch_size: int = 1
-    global_batch_size: int = 16
-    train_iters: int = 1000
-    exit_after: int | None = None  # stop (with a checkpoint) after this iteration
-    log_interval: int = 10
-    eval_interval: int = 0  # 0: no periodic validation
-    eval_iters: int = 10  # global batches per validation
-    dataloader_workers: int = 2
-    tensorboard: bool = True
-    tokenizer: str | None = None  # default: the tokenizer/ of checkpoint.load
-
-    def num_microbatches(self, data_parallel: int) -> int:
-        per_step = self.micro_batch_size * data_parallel
-        if self.global_batch_size % per_step:
-            raise ValueError(
-                f"training.global_batch_size={self.global_batch_size} is not a multiple of "
-                f"training.micro_batch_size={self.micro_batch_size} x data parallel "
-                f"{data_parallel}"
-            )
-        return self.global_batch_size // per_step
 
 
 @dataclass
@@ -138,7 +113,7 @@ def _total_samples(cfg: TrainingConfig) -> tuple[int, int, int]:
     return cfg.train_iters * gb, evals * cfg.eval_iters * gb, cfg.eval_iters * gb
 
 
-def train(cfg: Any, stage: Stage, tokenizer_dir: str | Path | None = None) -> TrainState:
+def train(cfg: RunConfig, stage: Stage, tokenizer_dir: str | Path | None = None) -> TrainState:
     """Run (or resume) `stage` as configured by the RunConfig `cfg`; return the final state."""
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
@@ -146,6 +121,9 @@ def train(cfg: Any, stage: Stage, tokenizer_dir: str | Path | None = None) -> Tr
     # Before anything slow (building a 13B model, loading its weights): a preemption signal
     # that arrives during start-up is then honoured at the first step instead of being lost.
     preemption = PreemptionFlag()
+    # The run as it trains: a stage may derive its schedule from its data (the RM's epochs).
+    training, optim = stage.schedule()
+    cfg = dataclasses.replace(cfg, training=training, optim=optim)
     # Initial weights depend on cfg.seed only, not on what ran before in this process.
     seed_everything(cfg.seed)
     model_parallel_cuda_manual_seed(cfg.seed)
@@ -191,6 +169,7 @@ def train(cfg: Any, stage: Stage, tokenizer_dir: str | Path | None = None) -> Tr
                 "architecture": stage.hf_architecture,
             },
             tokenizer_dir,
+            cfg.checkpoint.optimizer_format,
         )
         if rank0 and cfg.checkpoint.keep_last:
             checkpointing.prune(ckpt_root, cfg.checkpoint.keep_last)

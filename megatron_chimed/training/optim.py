@@ -2,36 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from megatron_chimed.model import ParallelConfig, unwrap
-
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-DECAY_STYLES = ("cosine", "linear", "constant")
-
-
-@dataclass
-class OptimConfig:
-    """`conf/optim/*.yaml`; the stage files set the paper's values (e.g. CPT: 5e-5, 0.9/0.95)."""
-
-    lr: float = 5e-5
-    min_lr_ratio: float = 0.1  # min LR = lr x this, reached at the end of the decay
-    weight_decay: float = 0.1
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    adam_eps: float = 1e-8
-    clip_grad: float = 1.0
-    warmup_iters: int = 0
-    decay_style: str = "cosine"
-    decay_iters: int | None = None  # default: training.train_iters
-
-    def __post_init__(self) -> None:
-        if self.decay_style not in DECAY_STYLES:
-            raise ValueError(f"optim.decay_style={self.decay_style!r}: expected {DECAY_STYLES}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(f"optim.min_lr_ratio={self.min_lr_ratio}: expected 0..1")
+from megatron_chimed.config.schema import OptimConfig, ParallelConfig
+from megatron_chimed.model import unwrap
+from megatron_chimed.model.builder import DTYPES
 
 
 def wrap_ddp(model: torch.nn.Module, parallel: ParallelConfig) -> torch.nn.Module:
@@ -43,9 +18,9 @@ def wrap_ddp(model: torch.nn.Module, parallel: ParallelConfig) -> torch.nn.Modul
     )
 
     config = unwrap(model).config
-    # Set before DDP is built: DDP then sums gradients and finalize_model_grads divides them by
-    # the global batch's loss-token count.
-    config.calculate_per_token_loss = True
+    # megatron's schedule reads its hooks from the model's TransformerConfig (Megatron-LM's
+    # training.py sets the same three): the grad reduce + per-token division after the last
+    # micro-batch, DDP's no_sync between micro-batches, and the loss scale (build_optimizer).
     config.finalize_model_grads_func = finalize_model_grads
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
@@ -81,7 +56,7 @@ def build_optimizer(
             clip_grad=optim.clip_grad,
             bf16=precision == "bf16",
             fp16=precision == "fp16",
-            params_dtype=_DTYPES[precision],
+            params_dtype=DTYPES[precision],
             use_distributed_optimizer=parallel.use_distributed_optimizer,
         ),
         [ddp],
@@ -115,8 +90,10 @@ def _fix_torch_adam_fallback(optimizer) -> None:
     - `state_dict()` asserts that all states share one step, which fails on a fresh optimizer
       (no state yet): we create the state torch would create at the first step (step 0, zero
       moments; numerically the same);
-    - loading copies every state tensor from the checkpoint and raises KeyError on `step`,
-      which the checkpoint keeps in the param groups instead: we mark it as absent;
+    - loading copies every state tensor from the checkpoint, but `step` lives in the param
+      groups: fully_reshardable state has none (KeyError), dp_reshardable hands back the
+      optimizer's own pre-load step (never saved), which would reset the count to 0 and
+      restart the bias correction: we drop it, so the param groups' step is the one loaded;
     - `load_state_dict` gives all parameters ONE shared step tensor, which AdamW then
       increments once per parameter per step (the bias correction runs away): we unshare it.
     """
@@ -138,7 +115,7 @@ def _fix_torch_adam_fallback(optimizer) -> None:
     )
 
     def set_states_without_step(model_param, tensors: dict) -> None:
-        set_states(model_param, {"step": None, **tensors})  # None entries are skipped
+        set_states(model_param, {**tensors, "step": None})  # None entries are skipped
 
     def load_state_dict_unshared(state_dict: dict) -> None:
         load_state_dict(state_dict)

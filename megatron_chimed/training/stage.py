@@ -20,27 +20,20 @@ every reported name is logged as sum/count over the global batch. The loop reads
 dataset in order from the number of samples already consumed (so resume, at any DP size,
 continues the same sample order): a stage shuffles inside its dataset (GPTDataset does).
 
-Register a stage by adding a row to STAGES ("module:Class", imported only when selected), and
-a `conf/stage/<name>.yaml` that sets its hyper-parameters; `stage=<name>` selects both.
+Register a stage by adding a row to megatron_chimed/stages STAGES and a
+`conf/stage/<name>.yaml` that sets its hyper-parameters; `stage=<name>` selects both.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 if TYPE_CHECKING:
-    from megatron_chimed.config import RunConfig
+    from megatron_chimed.config.schema import OptimConfig, RunConfig, TrainingConfig
     from megatron_chimed.tokenizer import ZiyaTokenizer
-
-STAGES: dict[str, str] = {
-    "cpt": "megatron_chimed.training.cpt:PretrainStage",
-    "sft": "megatron_chimed.training.sft:SFTStage",
-    "rm": "megatron_chimed.reward.stage:RewardStage",
-}
 
 Datasets = tuple[Any, Any | None, Any | None]
 ForwardStepResult = tuple[torch.Tensor, Callable[[torch.Tensor], tuple]]
@@ -62,6 +55,12 @@ class Stage:
         cfg = self.cfg
         return build_model(cfg.model, cfg.parallel, cfg.precision, cfg.training.seq_length)
 
+    def schedule(self) -> tuple[TrainingConfig, OptimConfig]:
+        """The training and optim sections this stage trains with: the configured ones, or
+        copies a stage derives from its data (the reward model's epochs). A stage never
+        changes `cfg` itself: the loop uses what this returns."""
+        return self.cfg.training, self.cfg.optim
+
     def load_weights(self, model: torch.nn.Module, path: str) -> dict:
         """Weights-only start from `checkpoint.load` (a converted or previous-stage checkpoint).
         A stage whose model differs from the checkpoint's (the reward head) overrides this."""
@@ -78,10 +77,3 @@ class Stage:
 
     def forward_step(self, data_iterator: Iterator, model: torch.nn.Module) -> ForwardStepResult:
         raise NotImplementedError
-
-
-def stage_class(name: str) -> type[Stage]:
-    if name not in STAGES:
-        raise ValueError(f"stage={name!r}: expected one of {sorted(STAGES)}")
-    module, _, attr = STAGES[name].partition(":")
-    return getattr(importlib.import_module(module), attr)

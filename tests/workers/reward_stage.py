@@ -20,7 +20,7 @@ from megatron_chimed.model import unwrap
 from megatron_chimed.platform import destroy, initialize
 from megatron_chimed.reward.batch import stack_batch
 from megatron_chimed.reward.model import HEAD_SEED, VALUE_HEAD, build_reward_model
-from megatron_chimed.reward.stage import RewardStage
+from megatron_chimed.stages.rm import RewardStage
 from megatron_chimed.tokenizer import ZiyaTokenizer
 from megatron_chimed.training.loop import train
 
@@ -46,14 +46,23 @@ def main() -> None:
         "training.micro_batch_size=2", "training.log_interval=5", "training.eval_interval=5",
         "training.tensorboard=false",
     ])  # fmt: skip
+    configured = (cfg.training.train_iters, cfg.optim.warmup_iters, cfg.training.eval_iters)
     stage = RewardStage(cfg, ZiyaTokenizer(args.tokenizer))
+    schedule, optim = stage.schedule()
     results = {
-        "train_iters": cfg.training.train_iters,
-        "warmup_iters": cfg.optim.warmup_iters,
-        "eval_iters": cfg.training.eval_iters,
-        "lr": cfg.optim.lr,
+        "train_iters": schedule.train_iters,
+        "warmup_iters": optim.warmup_iters,
+        "eval_iters": schedule.eval_iters,
+        "lr": optim.lr,
     }
     state = train(cfg, stage, args.tokenizer)
+    # The stage derives its schedule; the run's config is left as configured.
+    results["config_untouched"] = configured == (
+        cfg.training.train_iters,
+        cfg.optim.warmup_iters,
+        cfg.training.eval_iters,
+    )
+    results["iterations_run"] = state.iteration
     head = getattr(unwrap(state.model), VALUE_HEAD).weight.detach()
     fresh = torch.nn.init.normal_(
         torch.empty_like(head), std=0.02, generator=torch.Generator().manual_seed(HEAD_SEED)

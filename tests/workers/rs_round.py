@@ -17,10 +17,10 @@ import torch.distributed as dist
 from megatron_chimed import config
 from megatron_chimed.platform import destroy, initialize
 from megatron_chimed.rejection_sampling import files, run
-from megatron_chimed.reward.stage import RewardStage
+from megatron_chimed.stages.rm import RewardStage
+from megatron_chimed.stages.sft import SFTStage
 from megatron_chimed.tokenizer import ZiyaTokenizer
 from megatron_chimed.training.loop import train
-from megatron_chimed.training.sft import SFTStage
 
 MARKER = "多喝水"
 GOOD, BAD = f"请{MARKER}，好好休息。", "不知道。"

@@ -21,10 +21,10 @@ from megatron_chimed.generation.decode import generate_ids
 from megatron_chimed.generation.sampling import GenerationConfig
 from megatron_chimed.model import unwrap
 from megatron_chimed.platform import destroy, initialize
+from megatron_chimed.stages.sft import SFTStage
 from megatron_chimed.testing.tiny_ziya import SAMPLE_DATA
 from megatron_chimed.tokenizer import ZiyaTokenizer
 from megatron_chimed.training.loop import train
-from megatron_chimed.training.sft import SFTStage
 
 N = 120
 EXIT = N // 2 + 1  # an odd iteration: 2 rows each, so mid-epoch for an even row count

@@ -20,9 +20,9 @@ from megatron_chimed.checkpoint import layout
 from megatron_chimed.checkpoint.weights import load_model_weights
 from megatron_chimed.model import build_model, unwrap
 from megatron_chimed.platform import destroy, initialize
+from megatron_chimed.stages.cpt import PretrainStage
 from megatron_chimed.tokenizer import ZiyaTokenizer
 from megatron_chimed.training import checkpointing
-from megatron_chimed.training.cpt import PretrainStage
 from megatron_chimed.training.loop import train
 from megatron_chimed.training.loss import masked_lm_loss
 
@@ -106,6 +106,9 @@ def main() -> None:
         "second": [second.status, second.iteration, second.consumed_samples],
         "params_equal": all_ranks(same(full_params, params(second.model))),
         "checkpoints": sorted(p.name for p in (half_dir / "checkpoints").glob("iter_*")),
+        "optimizer_format": layout.read_metadata(
+            layout.iteration_dir(half_dir / "checkpoints", N // 2)
+        ).get("optimizer_format"),
     }
 
     pre_dir = tmp / "preempt"

@@ -38,13 +38,12 @@ class SFTStage(Stage):
                 "checkpoint.load is not set: SFT starts from the CPT run's checkpoints/ folder "
                 "or a converted Ziya checkpoint, not from random weights"
             )
-
-    def datasets(self, num_samples: tuple[int, int, int]) -> Datasets:
-        data = load_data_config(self.cfg.data)
+        self.data = load_data_config(cfg.data)
         # One sequence length for model and data: the training config's.
-        data.seq_length = self.cfg.training.seq_length
-        self.isolated = data.packing == "isolated"
-        self.thd = resolve_transformer_impl(self.cfg.model.transformer_impl) == "transformer_engine"
+        self.data.seq_length = cfg.training.seq_length
+        # How forward_step lays out a packed row, fixed here (not when the data is built).
+        self.isolated = self.data.packing == "isolated"
+        self.thd = resolve_transformer_impl(cfg.model.transformer_impl) == "transformer_engine"
         if self.isolated and not self.thd and torch.cuda.is_available():
             # The local spec's fused softmax kernel applies its own causal mask and ignores the
             # block mask: samples would silently attend to each other.
@@ -52,8 +51,10 @@ class SFTStage(Stage):
                 "data.packing=isolated on GPU needs model.transformer_impl=transformer_engine "
                 "(THD packed sequences); or use data.packing=concat"
             )
-        rows = packed_sft_dataset(data, self.tokenizer)
-        return Epochs(rows, num_samples[0], data.seed), None, None
+
+    def datasets(self, num_samples: tuple[int, int, int]) -> Datasets:
+        rows = packed_sft_dataset(self.data, self.tokenizer)
+        return Epochs(rows, num_samples[0], self.data.seed), None, None
 
     def forward_step(self, data_iterator: Iterator, model: torch.nn.Module) -> ForwardStepResult:
         batch = next(data_iterator)

@@ -1,17 +1,14 @@
-"""The root config schema: Hydra composes `conf/`, this module types and validates it.
+"""Compose `conf/` with Hydra, merge it into the typed schema (config/schema.py), validate.
 
-Each group has its dataclass next to the component it configures (ModelConfig in model/,
-LauncherConfig in launch/ ...); `RunConfig` only assembles them. Validation merges the composed
-YAML into the structured schema, so an unknown key or a wrong type fails at start, naming the
-key, instead of days into a run. `data` and `eval` have one shape per stage / task kind: they are
-checked against the selected stage's data schema and the task kind's known keys.
+Validation merges the composed YAML into the structured schema, so an unknown key or a wrong
+type fails at start, naming the key, instead of days into a run. `data` and `eval` have one shape
+per stage / task kind: they are checked against the selected stage's data schema and the task
+kind's known keys.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -19,45 +16,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from megatron_chimed.launch.config import LauncherConfig
-from megatron_chimed.model.builder import ParallelConfig
-from megatron_chimed.model.config import ModelConfig
-from megatron_chimed.pipeline.config import PipelineConfig
-from megatron_chimed.training.checkpointing import CheckpointConfig
-from megatron_chimed.training.loop import TrainingConfig
-from megatron_chimed.training.optim import OptimConfig
+from megatron_chimed.config.schema import RunConfig
+from megatron_chimed.stages import STAGES, import_object
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-PRECISIONS = ("fp32", "bf16", "fp16")
-# The dataclass each stage merges its `data` group into ("module:Class"); a new stage adds a row.
-DATA_SCHEMAS = {
-    "cpt": "megatron_chimed.data.pretrain:PretrainDataConfig",
-    "sft": "megatron_chimed.data.sft.config:SFTDataConfig",
-    "rm": "megatron_chimed.reward.stage:RewardStageConfig",
-    "rs": "megatron_chimed.rejection_sampling.config:RSConfig",
-}
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 SUITE_KEYS = {"name", "seeds", "tasks"}
-
-
-@dataclass
-class RunConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    parallel: ParallelConfig = field(default_factory=ParallelConfig)
-    launcher: LauncherConfig = field(default_factory=LauncherConfig)
-    precision: str = "bf16"
-    seed: int = 1234
-    run_dir: str = "runs/default"
-    eval: Any = None  # the eval group (megatron_chimed/eval validates its own tasks)
-    stage: str | None = None  # set by conf/stage/<name>.yaml: a key of training.stage.STAGES
-    training: TrainingConfig = field(default_factory=TrainingConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    data: Any = None  # the stage's data group; each stage validates its own (cpt: data/pretrain)
-    pipeline: PipelineConfig = field(default_factory=PipelineConfig)  # `chimed pipeline` only
-
-    def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision={self.precision!r}: expected one of {PRECISIONS}")
 
 
 class ConfigError(ValueError):
@@ -81,9 +44,8 @@ def _typed(schema: type, node: Any, prefix: str = "") -> Any:
 
 def _check_data(stage: str | None, data: Any) -> None:
     """Types and keys only: the files are checked when the stage opens them."""
-    if stage in DATA_SCHEMAS and data is not None:
-        module, _, name = DATA_SCHEMAS[stage].partition(":")
-        _typed(getattr(importlib.import_module(module), name), data, "data.")
+    if stage in STAGES and data is not None:
+        _typed(import_object(STAGES[stage].data_schema), data, "data.")
 
 
 @cache

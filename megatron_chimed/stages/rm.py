@@ -14,6 +14,7 @@ batch is left out).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -28,6 +29,7 @@ import torch
 from omegaconf import OmegaConf
 
 from megatron_chimed.atomic import atomic_write_text
+from megatron_chimed.config.schema import OptimConfig, TrainingConfig
 from megatron_chimed.data.sft import Epochs
 from megatron_chimed.data.template import get_template
 from megatron_chimed.reward.batch import (
@@ -79,6 +81,30 @@ def epoch_schedule(
     return iters, max(cfg.min_warmup_iters, math.ceil(cfg.warmup_fraction * iters))
 
 
+def rm_schedule(
+    data: RewardStageConfig,
+    training: TrainingConfig,
+    optim: OptimConfig,
+    train_prompts: int,
+    valid_prompts: int,
+) -> tuple[TrainingConfig, OptimConfig]:
+    """The run's training and optim sections with the epoch-based schedule filled in (copies:
+    the configured ones are left as they are): train and warm-up iterations from the epochs,
+    and validation over every whole global batch of the valid split."""
+    gb = training.global_batch_size
+    train_iters, warmup_iters = epoch_schedule(data, train_prompts, gb)
+    eval_iters = valid_prompts // gb
+    if training.eval_interval and not eval_iters:
+        raise ValueError(
+            f"{data.valid}: {valid_prompts} prompts, fewer than "
+            f"training.global_batch_size={gb}: nothing to validate on"
+        )
+    return (
+        dataclasses.replace(training, train_iters=train_iters, eval_iters=eval_iters),
+        dataclasses.replace(optim, warmup_iters=warmup_iters),
+    )
+
+
 class RankedDataset(torch.utils.data.Dataset):
     """Encoded prompts as fixed-shape tensors; every prompt must have the same K (the loop's
     loader stacks a micro-batch)."""
@@ -112,23 +138,20 @@ class RewardStage(Stage):
             )
             for split in ("train", "valid", "test")
         }
-        t = cfg.training
-        t.train_iters, cfg.optim.warmup_iters = epoch_schedule(
-            self.data, len(self.splits["train"]), t.global_batch_size
+        self._schedule = rm_schedule(
+            self.data, cfg.training, cfg.optim, len(self.splits["train"]), len(self.splits["valid"])
         )
-        t.eval_iters = len(self.splits["valid"]) // t.global_batch_size
-        if t.eval_interval and not t.eval_iters:
-            raise ValueError(
-                f"{self.data.valid}: {len(self.splits['valid'])} prompts, fewer than "
-                f"training.global_batch_size={t.global_batch_size}: nothing to validate on"
-            )
+        t, optim = self._schedule
         log.info(
             "rm: %d train prompts x %s epochs -> train_iters=%d, warmup_iters=%d",
             len(self.splits["train"]),
             self.data.epochs,
             t.train_iters,
-            cfg.optim.warmup_iters,
+            optim.warmup_iters,
         )
+
+    def schedule(self) -> tuple[TrainingConfig, OptimConfig]:
+        return self._schedule
 
     def _encode(self, split: str, pairing: str) -> RankedDataset:
         path = getattr(self.data, split)

@@ -1,0 +1,332 @@
+"""Every config dataclass of a run, in one leaf module: what `conf/` may say, typed.
+
+Hydra composes `conf/` (one group per dataclass below: `model/`, `parallel/`, `launcher/`,
+`training/`, `optim/`, `checkpoint/`, ...) and `config/load.py` merges the result into
+`RunConfig`, so an unknown key or a wrong type fails at start, naming the key. The behaviour
+each section drives lives with its component (model/builder.py, training/loop.py ...); those
+modules import their section from here, never the other way round.
+
+This module imports nothing of ours and no torch: the Slurm login node (`launch/submit.py`)
+and `chimed plan` read configs without loading the framework.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# The bundled sample data (demo, tests): package data, found without importing anything.
+SAMPLE_DATA = Path(__file__).resolve().parents[1] / "sample_data"
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+# megatron-core's AttnBackend names (transformer/enums.py).
+ATTENTION_BACKENDS = ("auto", "flash", "fused", "unfused", "local")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a LLaMA-family decoder (Ziya-13B-v2 in `conf/model/ziya_13b_v2.yaml`).
+
+    ``vocab_size`` is the tokenizer's true size; the embedding is padded at build time (see
+    ``padded_vocab_size``) and exports trim back to this number.
+    """
+
+    name: str = "tiny"
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_attention_heads: int = 4
+    num_query_groups: int = 4
+    ffn_hidden_size: int = 176
+    vocab_size: int = 1000
+    norm_epsilon: float = 1e-6
+    rotary_base: float = 10000.0
+    max_position_embeddings: int = 256
+    untie_embeddings_and_output_weights: bool = True
+    init_method_std: float = 0.02
+    make_vocab_size_divisible_by: int = 128
+    # How layers are implemented, not what they compute: `auto` = Transformer Engine (fused norms,
+    # flash attention) where CUDA and TE exist, else megatron-core's local spec. Key names in
+    # checkpoints differ between the two (see megatron_chimed/convert).
+    transformer_impl: str = "auto"
+    # Transformer Engine's attention kernel: `auto` lets TE pick per shape and GPU (cuDNN fused
+    # attention on Hopper, flash-attn elsewhere), as megatron-core's default does. Forcing
+    # `flash` makes megatron disable TE's fused and unfused backends, so a missing or
+    # out-of-range flash-attn leaves no backend at all. `local` is megatron's own PyTorch one.
+    attention_backend: str = "auto"
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    def padded_vocab_size(self, tensor_parallel: int) -> int:
+        """Megatron-LM's padding: a multiple of 128 x TP, so every TP shard is 128-aligned."""
+        multiple = self.make_vocab_size_divisible_by * tensor_parallel
+        return math.ceil(self.vocab_size / multiple) * multiple
+
+    def validate(self, tensor_parallel: int = 1, seq_length: int | None = None) -> None:
+        """Raise ValueError naming the field for a shape that cannot be built or split."""
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(
+                f"model.attention_backend={self.attention_backend!r}: expected one of "
+                f"{', '.join(ATTENTION_BACKENDS)}"
+            )
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"model.hidden_size={self.hidden_size} is not divisible by "
+                f"model.num_attention_heads={self.num_attention_heads}"
+            )
+        if self.num_attention_heads % self.num_query_groups:
+            raise ValueError(
+                f"model.num_attention_heads={self.num_attention_heads} is not divisible by "
+                f"model.num_query_groups={self.num_query_groups}"
+            )
+        for key in ("num_attention_heads", "num_query_groups"):
+            value = getattr(self, key)
+            if value % tensor_parallel:
+                raise ValueError(
+                    f"model.{key}={value} is not divisible by "
+                    f"parallel.tensor_model_parallel_size={tensor_parallel}"
+                )
+        if self.ffn_hidden_size % tensor_parallel:
+            raise ValueError(
+                f"model.ffn_hidden_size={self.ffn_hidden_size} is not divisible by "
+                f"parallel.tensor_model_parallel_size={tensor_parallel}"
+            )
+        if seq_length is not None and seq_length > self.max_position_embeddings:
+            raise ValueError(
+                f"seq_length={seq_length} is longer than "
+                f"model.max_position_embeddings={self.max_position_embeddings}"
+            )
+
+
+@dataclass
+class ParallelConfig:
+    """How the model is split: `conf/parallel/*.yaml`. DP is whatever the world size leaves."""
+
+    tensor_model_parallel_size: int = 1
+    sequence_parallel: bool = False
+    use_distributed_optimizer: bool = True
+
+
+KINDS = ("local", "torchrun", "slurm")
+
+
+def default_gpu_env() -> dict[str, str]:
+    """What every GPU rank gets unless the user's environment says otherwise."""
+    return {
+        # Sequence parallelism and TP communication overlap need kernels queued in issue order
+        # on one hardware queue (Megatron-LM sets this for --sequence-parallel). Read when the
+        # CUDA context is created, so it must be in the environment before the ranks start.
+        "CUDA_DEVICE_MAX_CONNECTIONS": "1",
+        # Growable segments instead of fixed blocks: far less fragmentation when activation
+        # sizes vary (packed SFT, RM batches of K answers, generation), as Megatron-LM advises.
+        "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
+        # A rank stuck in a collective aborts (and Slurm ends the job) instead of hanging forever.
+        "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
+        # Free the buffers of asynchronous collectives (overlapped grad reduce / param gather)
+        # when they complete, not when the caching allocator next syncs (NeMo's launch default).
+        "TORCH_NCCL_AVOID_RECORD_STREAMS": "1",
+        "NCCL_DEBUG": "WARN",
+    }
+
+
+def time_limit_seconds(limit: str) -> int | None:
+    """Seconds in a Slurm --time value ("90", "30:00", "4:00:00", "1-12", "2-00:00:00");
+    None for no limit."""
+    if limit.upper() in ("UNLIMITED", "INFINITE"):
+        return None
+    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", limit)
+    if not m:
+        raise ValueError(f"launcher.time {limit!r} is not a Slurm time limit")
+    days, a, b, c = (int(x) if x else None for x in m.groups())
+    if days is not None:  # days-hours[:minutes[:seconds]]
+        return days * 86400 + a * 3600 + (b or 0) * 60 + (c or 0)
+    if c is not None:  # hours:minutes:seconds
+        return a * 3600 + b * 60 + c
+    return a * 60 + (b or 0)  # minutes[:seconds]
+
+
+@dataclass
+class LauncherConfig:
+    kind: str = "local"  # local | torchrun | slurm
+    nodes: int = 1
+    gpus_per_node: int = 0  # 0: CPU run, ranks per node come from procs_per_node
+    procs_per_node: int = 1
+    cpus_per_task: int = 0  # 0: leave to the cluster default
+    # sbatch --mem per node: "0" is the whole node's memory (a 13B job's data loaders, pinned
+    # buffers and checkpoint staging need far more than most clusters' per-CPU default); null
+    # leaves it to the cluster; an --mem in sbatch_extra takes precedence.
+    mem: str | None = "0"
+    partition: str | None = None
+    account: str | None = None
+    time: str = "04:00:00"
+    job_name: str = "chimed"
+    signal_grace_s: int = 300  # USR1 this long before the time limit: time to checkpoint
+    requeue: bool = True
+    master_port: int = 29500
+    workdir: str | None = None  # the job's working directory (sbatch --chdir)
+    torchrun: str = "torchrun"  # command starting torchrun on the nodes
+    setup: list[str] = field(default_factory=list)  # env/container lines run before training
+    sbatch_extra: list[str] = field(default_factory=list)  # e.g. "--qos=high", "--exclusive"
+    gpu_env: dict[str, str] = field(default_factory=default_gpu_env)  # exported if GPUs
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"launcher.kind: {self.kind!r} is not one of {KINDS}")
+        for name in ("nodes", "procs_per_node", "signal_grace_s", "master_port"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"launcher.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("gpus_per_node", "cpus_per_task"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"launcher.{name} must be >= 0, got {getattr(self, name)}")
+        if self.kind != "slurm" and self.nodes != 1:
+            raise ValueError(f"launcher.nodes={self.nodes} needs launcher=slurm")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.job_name):
+            raise ValueError(f"launcher.job_name {self.job_name!r}: use letters, digits, _.-")
+        limit = time_limit_seconds(self.time)
+        # Slurm sends USR1 once less than the grace is left: a grace >= the limit would preempt
+        # every start at once and requeue the job forever.
+        if limit is not None and self.signal_grace_s >= limit:
+            raise ValueError(
+                f"launcher.signal_grace_s={self.signal_grace_s} must be below "
+                f"launcher.time={self.time} ({limit} s)"
+            )
+        if "'" in self.torchrun:  # it is pasted into a single-quoted `bash -c` script
+            raise ValueError("launcher.torchrun must not contain single quotes")
+
+    @property
+    def nproc_per_node(self) -> int:
+        """Ranks per node: one per GPU, or procs_per_node on a CPU run."""
+        return self.gpus_per_node or self.procs_per_node
+
+
+@dataclass
+class TrainingConfig:
+    """`conf/training/*.yaml` (steps, batch, logging); the stage file sets seq_length."""
+
+    seq_length: int = 4096
+    micro_batch_size: int = 1
+    global_batch_size: int = 16
+    train_iters: int = 1000
+    exit_after: int | None = None  # stop (with a checkpoint) after this iteration
+    log_interval: int = 10
+    eval_interval: int = 0  # 0: no periodic validation
+    eval_iters: int = 10  # global batches per validation
+    dataloader_workers: int = 2
+    tensorboard: bool = True
+    tokenizer: str | None = None  # default: the tokenizer/ of checkpoint.load
+
+    def num_microbatches(self, data_parallel: int) -> int:
+        per_step = self.micro_batch_size * data_parallel
+        if self.global_batch_size % per_step:
+            raise ValueError(
+                f"training.global_batch_size={self.global_batch_size} is not a multiple of "
+                f"training.micro_batch_size={self.micro_batch_size} x data parallel "
+                f"{data_parallel}"
+            )
+        return self.global_batch_size // per_step
+
+
+DECAY_STYLES = ("cosine", "linear", "constant")
+
+
+@dataclass
+class OptimConfig:
+    """`conf/optim/*.yaml`; the stage files set the paper's values (e.g. CPT: 5e-5, 0.9/0.95)."""
+
+    lr: float = 5e-5
+    min_lr_ratio: float = 0.1  # min LR = lr x this, reached at the end of the decay
+    weight_decay: float = 0.1
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+    warmup_iters: int = 0
+    decay_style: str = "cosine"
+    decay_iters: int | None = None  # default: training.train_iters
+
+    def __post_init__(self) -> None:
+        if self.decay_style not in DECAY_STYLES:
+            raise ValueError(f"optim.decay_style={self.decay_style!r}: expected {DECAY_STYLES}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"optim.min_lr_ratio={self.min_lr_ratio}: expected 0..1")
+
+
+STEP_NAMES = ("base", "convert", "preprocess", "cpt", "sft", "rm", "rs", "export", "eval")
+
+
+def _sample_pretrain() -> list[str]:
+    return [str(p) for p in sorted((SAMPLE_DATA / "pretrain").glob("*.jsonl"))]
+
+
+@dataclass
+class PipelineConfig:
+    # The HF folder of the base model (Ziya-13B-v2). None builds the tiny test model instead,
+    # which is what the offline demo runs on.
+    base_hf: str | None = None
+    steps: list[str] = field(default_factory=lambda: list(STEP_NAMES))
+    # Ranks per stage on this node (the tiny demo: one TP=2 group on the CPU).
+    nproc_per_node: int = 2
+    # JSONL files (CMD pre-train schema, `text`) that CPT trains on after preprocessing.
+    pretrain_files: list[str] = field(default_factory=_sample_pretrain)
+    preprocess_workers: int = 2
+    # The `data` config group of a training stage; a stage not named here uses its demo data
+    # (megatron_chimed/stages STAGES: cpt sample, sft sft_sample, rm reward_sample, rs sft_sample).
+    data: dict[str, str] = field(default_factory=dict)
+    # Overrides given to one stage only, e.g. {"rm": ["training.train_iters=30"]}.
+    stage_overrides: dict[str, list[str]] = field(default_factory=dict)
+    eval_overrides: list[str] = field(default_factory=lambda: ["+eval=suite"])
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.steps if s not in STEP_NAMES]
+        if unknown:
+            raise ValueError(f"pipeline.steps: unknown {unknown}; expected some of {STEP_NAMES}")
+
+
+# How saves store the distributed optimizer's state; see training/checkpointing.py.
+OPTIMIZER_FORMATS = ("dp_reshardable", "fully_reshardable")
+
+
+def check_optimizer_format(value: str, key: str = "checkpoint.optimizer_format") -> str:
+    """`value` if it is a known format, else a ValueError that names `key`."""
+    if value not in OPTIMIZER_FORMATS:
+        raise ValueError(f"{key}={value!r}: expected one of {OPTIMIZER_FORMATS}")
+    return value
+
+
+@dataclass
+class CheckpointConfig:
+    """`conf/checkpoint/*.yaml`. Saves go to `run_dir/checkpoints`."""
+
+    load: str | None = None  # weights-only start (converted HF / previous stage); no resume
+    save_interval: int = 1000  # iterations; a checkpoint is also written at the end
+    keep_last: int | None = None  # prune older iter_* folders (None: keep all)
+    optimizer_format: str = "dp_reshardable"  # how saves store the optimizer (checkpointing.py)
+
+    def __post_init__(self) -> None:
+        check_optimizer_format(self.optimizer_format)
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    precision: str = "bf16"
+    seed: int = 1234
+    run_dir: str = "runs/default"
+    eval: Any = None  # the eval group (megatron_chimed/eval validates its own tasks)
+    stage: str | None = None  # set by conf/stage/<name>.yaml: a key of stages.STAGES
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    data: Any = None  # the stage's data group; each stage validates its own (cpt: data/pretrain)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)  # `chimed pipeline` only
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r}: expected one of {PRECISIONS}")
