@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from megatron_chimed.gpu_check import cli
 from megatron_chimed.gpu_check.context import SliceShape
 from megatron_chimed.gpu_check.slice_bench import model_flops
 from megatron_chimed.platform.gpu_versions import (
@@ -21,15 +22,7 @@ from megatron_chimed.platform.gpu_versions import (
     te_flash_attn_range,
 )
 
-SECTIONS = [
-    "environment",
-    "te_vs_local",
-    "packed_sft",
-    "sft_train",
-    "reward",
-    "slice",
-    "generation",
-]
+SECTIONS = list(cli.SECTIONS)  # every section, in the order they run
 
 
 def gpu_check(cwd: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:

@@ -8,7 +8,8 @@ import pytest
 from distributed import run_worker
 
 from megatron_chimed.config.schema import OptimConfig, TrainingConfig
-from megatron_chimed.stages.rm import RewardStageConfig, epoch_schedule, rm_schedule
+from megatron_chimed.config.stages import RMConfig
+from megatron_chimed.stages.rm import epoch_schedule, rm_schedule
 
 
 @pytest.fixture(scope="module")
@@ -34,22 +35,29 @@ def results(tmp_path_factory: pytest.TempPathFactory, tiny_ziya_fp32: Path) -> d
     ],
 )
 def test_paper_schedule_from_data_size(prompts: int, expected: tuple[int, int]) -> None:
-    assert epoch_schedule(RewardStageConfig(), prompts, 8) == expected
+    assert epoch_schedule(RMConfig(), prompts, 8) == expected
 
 
 def test_schedule_is_derived_without_touching_the_config() -> None:
     training = TrainingConfig(global_batch_size=8, train_iters=1000, eval_interval=5)
     optim = OptimConfig(warmup_iters=0)
-    t, o = rm_schedule(RewardStageConfig(), training, optim, train_prompts=60, valid_prompts=17)
+    t, o = rm_schedule(RMConfig(), training, optim, train_prompts=60, valid_prompts=17)
     assert (t.train_iters, o.warmup_iters, t.eval_iters) == (15, 5, 2)
     assert (training.train_iters, optim.warmup_iters, training.eval_iters) == (1000, 0, 10)
     with pytest.raises(ValueError, match="v.jsonl: 7 prompts, fewer than"):
-        rm_schedule(RewardStageConfig(valid="v.jsonl"), training, optim, 60, 7)
+        rm_schedule(RMConfig(), training, optim, 60, 7, valid_name="v.jsonl")
+
+
+def test_every_configurable_pairing_is_implemented() -> None:
+    from megatron_chimed.config.stages import RM_PAIRINGS
+    from megatron_chimed.reward.batch import PAIRINGS
+
+    assert set(RM_PAIRINGS) == set(PAIRINGS)
 
 
 def test_unknown_pairing_in_config_is_named() -> None:
-    with pytest.raises(ValueError, match="data.eval_pairing='pairs'"):
-        RewardStageConfig(eval_pairing="pairs")
+    with pytest.raises(ValueError, match="rm.eval_pairing='pairs'"):
+        RMConfig(eval_pairing="pairs")
 
 
 def test_stage_sets_steps_warmup_and_eval_batches_from_the_data(results: dict) -> None:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from megatron_chimed.config.stages import RSConfig
 from megatron_chimed.data.sft.readers import read_sharegpt
 from megatron_chimed.rejection_sampling import files
-from megatron_chimed.rejection_sampling.config import load_rs_config
 from megatron_chimed.rejection_sampling.selection import (
     kept_records,
     kept_stats,
@@ -70,7 +70,9 @@ def test_kept_answers_read_back_through_the_sft_sharegpt_reader(tmp_path: Path) 
 
 
 def test_rs_config_names_the_bad_key() -> None:
-    base = {"sources": [], "reward_checkpoint": "rm"}
-    with pytest.raises(ValueError, match="data.top_k=5"):
-        load_rs_config({**base, "sources": [{"name": "s", "reader": "sharegpt",
-                        "path": __file__}], "num_samples": 4, "top_k": 5})  # fmt: skip
+    with pytest.raises(ValueError, match="rs.top_k=5"):
+        RSConfig(reward_checkpoint="rm", num_samples=4, top_k=5).validate()
+    with pytest.raises(ValueError, match="rs.reward_checkpoint=''"):
+        RSConfig().validate()
+    with pytest.raises(ValueError, match="rs.stop_after_phase='scoring'"):
+        RSConfig(reward_checkpoint="rm", stop_after_phase="scoring").validate()

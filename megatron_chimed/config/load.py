@@ -42,10 +42,20 @@ def _typed(schema: type, node: Any, prefix: str = "") -> Any:
         raise ConfigError(str(err)) from err
 
 
-def _check_data(stage: str | None, data: Any) -> None:
-    """Types and keys only: the files are checked when the stage opens them."""
-    if stage in STAGES and data is not None:
-        _typed(import_object(STAGES[stage].data_schema), data, "data.")
+def _check_stage(run: RunConfig, data: Any) -> None:
+    """The selected stage's `data` (types and keys only: the files are checked when the stage
+    opens them) and its own section (e.g. `rs.reward_checkpoint` must be set)."""
+    if run.stage not in STAGES:
+        return
+    spec = STAGES[run.stage]
+    if data is not None:
+        _typed(import_object(spec.data_schema), data, "data.")
+    section = getattr(run, spec.section) if spec.section else None
+    if hasattr(section, "validate"):
+        try:
+            section.validate()
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
 
 
 @cache
@@ -87,7 +97,7 @@ def validate(cfg: DictConfig | dict) -> RunConfig:
     """Merge a composed config into the typed schema; raise ConfigError naming the key."""
     run: RunConfig = _typed(RunConfig, cfg)
     node = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
-    _check_data(run.stage, node.get("data"))
+    _check_stage(run, node.get("data"))
     _check_eval(node.get("eval"))
     return run
 

@@ -6,8 +6,9 @@ Hydra composes `conf/` (one group per dataclass below: `model/`, `parallel/`, `l
 each section drives lives with its component (model/builder.py, training/loop.py ...); those
 modules import their section from here, never the other way round.
 
-This module imports nothing of ours and no torch: the Slurm login node (`launch/submit.py`)
-and `chimed plan` read configs without loading the framework.
+This module imports no torch and nothing of ours but its sibling config/stages.py (the typed
+stage sections): the Slurm login node (`launch/submit.py`) reads configs without loading the
+framework.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from megatron_chimed.config.stages import RMConfig, RSConfig
 
 # The bundled sample data (demo, tests): package data, found without importing anything.
 SAMPLE_DATA = Path(__file__).resolve().parents[1] / "sample_data"
@@ -324,7 +327,9 @@ class RunConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    data: Any = None  # the stage's data group; each stage validates its own (cpt: data/pretrain)
+    data: Any = None  # the stage's files: validated by its data schema (stages STAGES)
+    rm: RMConfig = field(default_factory=RMConfig)  # conf/stage/rm.yaml
+    rs: RSConfig = field(default_factory=RSConfig)  # conf/stage/rs.yaml
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)  # `chimed pipeline` only
 
     def __post_init__(self) -> None:

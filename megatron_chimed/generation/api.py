@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
+from megatron_chimed.config.stages import GenerationConfig
 from megatron_chimed.data.template import ChatTemplate, get_template
 from megatron_chimed.generation.decode import generate_ids
-from megatron_chimed.generation.sampling import GenerationConfig
 from megatron_chimed.tokenizer import ZiyaTokenizer
 
 Prompt = str | list[dict[str, Any]]

@@ -22,10 +22,10 @@ import torch
 import torch.distributed as dist
 
 from megatron_chimed.atomic import atomic_write_text
+from megatron_chimed.config.stages import GenerationConfig
 from megatron_chimed.data.jsonio import iter_jsonl
 from megatron_chimed.data.template import USER, check_messages
 from megatron_chimed.generation.api import Prompt, generate
-from megatron_chimed.generation.sampling import GenerationConfig
 from megatron_chimed.tokenizer import ZiyaTokenizer
 
 RESET, EXIT = "/reset", "/exit"

@@ -17,7 +17,8 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from megatron_chimed.generation.sampling import GenerationConfig, mask_padded_vocab, next_tokens
+from megatron_chimed.config.stages import GenerationConfig
+from megatron_chimed.generation.sampling import mask_padded_vocab, next_tokens
 from megatron_chimed.model import unwrap
 
 

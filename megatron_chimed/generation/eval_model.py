@@ -6,10 +6,10 @@ import dataclasses
 
 import torch
 
+from megatron_chimed.config.stages import GenerationConfig
 from megatron_chimed.eval.model_api import candidate_token_id
 from megatron_chimed.generation.api import generate
 from megatron_chimed.generation.decode import next_token_logprobs
-from megatron_chimed.generation.sampling import GenerationConfig
 from megatron_chimed.tokenizer import ZiyaTokenizer
 
 

@@ -1,4 +1,5 @@
-"""How the next token is chosen: the generation settings and greedy / top-k / top-p sampling.
+"""How the next token is chosen: greedy / top-k / top-p sampling (settings: GenerationConfig,
+config/stages.py).
 
 Sampling runs on the full-vocabulary logits (gathered across TP ranks) with a
 `torch.Generator` seeded from the config, so for a given seed every TP rank, and every TP size,
@@ -7,43 +8,9 @@ draws the same tokens from (numerically) the same distribution.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-
-@dataclass
-class GenerationConfig:
-    """Generation settings (`chimed generate` / the RS stage). `temperature=0` means greedy."""
-
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    top_k: int = 0  # 0: no top-k filter
-    top_p: float = 1.0  # 1.0: no nucleus filter
-    seed: int = 1234
-    num_samples: int = 1  # answers per prompt
-    batch_size: int = 8  # sequences decoded together (rows = prompts x num_samples)
-    use_kv_cache: bool = True  # False recomputes the whole sequence per token (tests, bench)
-    template: str = "ziya"  # megatron_chimed.data.template name, for chat-message prompts
-    instruction: str | None = None  # prefix of the first user message, e.g. DOCTOR_INSTRUCTION
-
-    def validate(self) -> None:
-        """Raise ValueError naming the field that is out of range."""
-        checks = {
-            "max_new_tokens": self.max_new_tokens >= 1,
-            "temperature": self.temperature >= 0,
-            "top_k": self.top_k >= 0,
-            "top_p": 0 < self.top_p <= 1,
-            "num_samples": self.num_samples >= 1,
-            "batch_size": self.batch_size >= 1,
-        }
-        for field, ok in checks.items():
-            if not ok:
-                raise ValueError(f"generation.{field}={getattr(self, field)!r} is out of range")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
+from megatron_chimed.config.stages import GenerationConfig
 
 
 def mask_padded_vocab(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:

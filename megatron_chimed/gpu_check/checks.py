@@ -314,10 +314,10 @@ def check_generation(ctx: CheckContext) -> CheckResult:
     """Greedy decoding with the KV cache and with full recompute give the same tokens (fp32:
     in bf16 a near-tie between two logits may flip, which is rounding, not a cache bug; the
     bf16 agreement is reported); bf16 tokens/s with the cache at each batch size."""
+    from megatron_chimed.config.stages import GenerationConfig
     from megatron_chimed.data.template import get_template
     from megatron_chimed.generation.decode import generate_ids
     from megatron_chimed.generation.loading import load_for_generation
-    from megatron_chimed.generation.sampling import GenerationConfig
     from megatron_chimed.gpu_check.context import fresh_attention_env
 
     new = ctx.sizes.gen_new_tokens

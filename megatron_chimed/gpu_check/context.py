@@ -116,6 +116,15 @@ class CheckContext:
     def tokenizer_dir(self) -> Path:
         return self.converted / "tokenizer"
 
+    def no_fused_adam(self) -> str | None:
+        """Why training cannot run here, or None: on a GPU, training refuses torch's AdamW
+        (megatron's fallback without Transformer Engine or Apex)."""
+        from megatron.core import optimizer
+
+        if self.device.type == "cuda" and optimizer.USING_PYTORCH_OPTIMIZER:
+            return "no fused Adam (Transformer Engine or Apex): training refuses torch's AdamW"
+        return None
+
     def impl(self) -> str:
         return "transformer_engine" if self.te else "local"
 

@@ -28,7 +28,7 @@ from megatron_chimed.gpu_check.context import (
     synchronize,
     te_attention_log,
 )
-from megatron_chimed.gpu_check.results import CheckResult, verdict
+from megatron_chimed.gpu_check.results import CheckResult, skipped, verdict
 from megatron_chimed.model import ModelConfig
 
 GIB = 2**30
@@ -72,8 +72,9 @@ def measure(
     ctx: CheckContext, layers: int, backend: str = "auto", fusion: bool = False
 ) -> dict[str, object]:
     """Build the slice with `layers` layers, run warm-up + timed steps; its figures."""
+    from megatron_chimed.config.schema import OptimConfig
     from megatron_chimed.model import build_model
-    from megatron_chimed.training.optim import OptimConfig, build_optimizer, wrap_ddp
+    from megatron_chimed.training.optim import build_optimizer, wrap_ddp
 
     shape, sizes = ctx.sizes.slice, ctx.sizes
     impl = ctx.impl()
@@ -161,6 +162,8 @@ def _available(variant: str, ctx: CheckContext) -> str | None:
 
 
 def check_slice(ctx: CheckContext) -> CheckResult:
+    if reason := ctx.no_fused_adam():
+        return skipped("slice", reason)
     shape = ctx.sizes.slice
     layers, half = shape.layers, max(1, shape.layers // 2)
     base = measure(ctx, layers)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from megatron_chimed.gpu_check.context import CheckContext, environment, release
-from megatron_chimed.gpu_check.results import CheckResult, verdict
+from megatron_chimed.gpu_check.results import CheckResult, skipped, verdict
 from megatron_chimed.stages.sft import SFTStage
 from megatron_chimed.testing.tiny_ziya import SAMPLE_DATA
 
@@ -96,6 +96,8 @@ def check_sft_training(ctx: CheckContext) -> CheckResult:
     from megatron_chimed.tokenizer import ZiyaTokenizer
     from megatron_chimed.training.loop import train
 
+    if reason := ctx.no_fused_adam():
+        return skipped("sft_train", reason)
     sizes = ctx.sizes
     n, half = sizes.train_iters, sizes.save_at
     tokenizer = ZiyaTokenizer(ctx.tokenizer_dir)

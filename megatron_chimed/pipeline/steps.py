@@ -118,7 +118,7 @@ def _cpt(ctx: Context) -> dict[str, Any]:
 
 
 def _rs(ctx: Context) -> dict[str, Any]:
-    return ctx.train("rs", f"data.reward_checkpoint={ctx.checkpoints('rm')}")
+    return ctx.train("rs", f"rs.reward_checkpoint={ctx.checkpoints('rm')}")
 
 
 def final_checkpoint(ctx: Context) -> Path:

@@ -111,6 +111,48 @@ def _cuda_type_name(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
     return name.replace("torch.", "torch.cuda.", 1)
 
 
+# Without CUDA there is no Transformer Engine or Apex, so megatron's DistributedOptimizer runs
+# torch's AdamW, whose per-parameter `step` tensors its checkpoint code mishandles (on GPUs the
+# fused Adam of TE / Apex is required: training/optim.py). The originals, for the three rows
+# below that wrap them.
+_DIST_OPT = "megatron.core.optimizer.distrib_optimizer.DistributedOptimizer"
+_originals: dict[str, Callable[..., Any]] = {}
+
+
+def _adam_state_at_start(self: Any, *args: Any, **kwargs: Any) -> None:
+    """DistributedOptimizer.__init__, then the state torch's AdamW would create at its first step
+    (step 0, zero moments: numerically the same): megatron's `state_dict` asserts that every
+    parameter has one `step`, so a save before the first step would fail."""
+    _originals[f"{_DIST_OPT}.__init__"](self, *args, **kwargs)
+    inner = self.optimizer
+    if isinstance(inner, torch.optim.Adam):
+        for group in inner.param_groups:
+            for param in group["params"]:
+                inner.state[param] = {
+                    "step": torch.tensor(0.0),
+                    "exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format),
+                    "exp_avg_sq": torch.zeros_like(param, memory_format=torch.preserve_format),
+                }
+
+
+def _set_states_without_step(self: Any, model_param: Any, tensors: dict) -> None:
+    """Loading copies every state tensor, `step` too, but the step lives in the param groups:
+    fully_reshardable state has none (KeyError) and dp_reshardable hands back the optimizer's own
+    pre-load step, which would restart the bias correction. None entries are skipped."""
+    _originals[f"{_DIST_OPT}._set_main_param_and_optimizer_states"](
+        self, model_param, {**tensors, "step": None}
+    )
+
+
+def _load_state_dict_unshared(self: Any, state_dict: dict) -> None:
+    """`load_state_dict` gives every parameter ONE shared step tensor, which AdamW then
+    increments once per parameter per step (the bias correction runs away): unshare it."""
+    _originals[f"{_DIST_OPT}.load_state_dict"](self, state_dict)
+    for state in self.optimizer.state.values():
+        if isinstance(state.get("step"), torch.Tensor):
+            state["step"] = state["step"].clone()
+
+
 @dataclass(frozen=True)
 class Patch:
     """One redirected attribute: ``module.attr = replacement``."""
@@ -141,6 +183,20 @@ _TP1 = (
     "os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=os.environ.get('CANARY_PORT','29533'));"
     "d.init_process_group('gloo', rank=0, world_size=1);"
     "from megatron.core import parallel_state as ps; ps.initialize_model_parallel(1);"
+)
+
+# A DistributedOptimizer over torch's AdamW for a 2-parameter model, in a world of one.
+_DIST_OPT_CANARY = _TP1 + (
+    "import torch; from megatron.core.distributed import DistributedDataParallel as D,"
+    " DistributedDataParallelConfig as DC; from megatron.core.transformer import"
+    " TransformerConfig as C; from megatron.core.optimizer import OptimizerConfig as OC,"
+    " get_megatron_optimizer as g;"
+    "m = torch.nn.Sequential(torch.nn.Linear(4, 4, bias=False), torch.nn.Linear(4, 4, bias=False));"
+    "ddp = D(C(num_layers=1, hidden_size=4, num_attention_heads=1),"
+    " DC(use_distributed_optimizer=True), m);"
+    "opt = g(OC(optimizer='adam', lr=1e-3, use_distributed_optimizer=True), [ddp]);"
+    "dist_opt = opt.chained_optimizers[0] if hasattr(opt, 'chained_optimizers') else opt;"
+    "inner = dist_opt.optimizer;"
 )
 
 PATCHES: tuple[Patch, ...] = (
@@ -290,6 +346,41 @@ PATCHES: tuple[Patch, ...] = (
         canary="import torch; from megatron.core.utils import local_multi_tensor_l2_norm as n;"
         "n(1, None, [[torch.ones(2)]], False)",
     ),
+    Patch(
+        _DIST_OPT,
+        "__init__",
+        _adam_state_at_start,
+        site="DistributedOptimizer.state_dict asserts one AdamW step per parameter: a save "
+        "before the first step fails with torch's AdamW",
+        canary=_DIST_OPT_CANARY + "opt.state_dict()",
+        expect="AssertionError",
+    ),
+    Patch(
+        _DIST_OPT,
+        "_set_main_param_and_optimizer_states",
+        _set_states_without_step,
+        site="DistributedOptimizer._set_main_param_and_optimizer_states copies `step` into "
+        "torch AdamW's state on load (a dp_reshardable resume restarts at step 0)",
+        # No autograd: in fp32 the main params are views of the model's leaves (as on load).
+        canary=_DIST_OPT_CANARY + "torch.set_grad_enabled(False);"
+        "p = next(iter(inner.state)); z = torch.zeros_like(p);"
+        "model_param = next(iter(dist_opt.model_param_group_index_map));"
+        "dist_opt._set_main_param_and_optimizer_states(model_param, {'param': z, 'exp_avg': z,"
+        " 'exp_avg_sq': z, 'step': torch.tensor(7.0)});"
+        "assert float(inner.state[p]['step']) == 0.0, 'step overwritten'",
+        expect="step overwritten",
+    ),
+    Patch(
+        _DIST_OPT,
+        "load_state_dict",
+        _load_state_dict_unshared,
+        site="DistributedOptimizer.load_state_dict gives every parameter one shared AdamW step "
+        "tensor (incremented once per parameter per step)",
+        canary=_DIST_OPT_CANARY + "dist_opt.load_state_dict(dist_opt.state_dict());"
+        "steps = [s['step'] for s in inner.state.values()];"
+        "assert len({id(t) for t in steps}) == len(steps) == 2, 'step shared'",
+        expect="step shared",
+    ),
 )
 
 
@@ -309,6 +400,7 @@ def apply(without: str | None = None) -> bool:
         targets = [patch.target() for patch in PATCHES]
         for patch, target in zip(PATCHES, targets):
             if patch.name != without:
+                _originals[patch.name] = getattr(target, patch.attr)
                 setattr(target, patch.attr, patch.replacement)
         _applied = True
     return True

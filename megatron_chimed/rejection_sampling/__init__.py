@@ -1,7 +1,7 @@
 """Rejection-sampling fine-tuning (paper section 2.3), the `rs` stage; its prompts and files:
 docs/data_formats.md §RS.
 
-config.py        the stage's `data` group: SFT sources + N, top-k, threshold, rounds
+
 files.py         the files between phases: shards, DONE markers, phase log, report
 selection.py     top-k per prompt, ShareGPT output, score statistics (pure functions)
 phases.py        the five phases of a round

@@ -20,11 +20,11 @@ import numpy as np
 import torch.distributed as dist
 from tqdm import tqdm
 
+from megatron_chimed.config.stages import RSConfig
 from megatron_chimed.data.sft import SFTDataConfig
 from megatron_chimed.data.sft.readers import get_reader
 from megatron_chimed.data.template import ASSISTANT, USER
 from megatron_chimed.rejection_sampling import files
-from megatron_chimed.rejection_sampling.config import RSConfig
 from megatron_chimed.rejection_sampling.selection import kept_records, kept_stats, score_stats
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,8 @@ class Round:
     """One round: the run's config, its RS settings and the policy that answers."""
 
     cfg: object  # RunConfig
-    rs: RSConfig
+    rs: RSConfig  # the run's `rs` section
+    data: SFTDataConfig  # the SFT sources the prompts are drawn from
     index: int
     policy: str  # checkpoint (root or iter_*) of this round's policy
     tokenizer_dir: Path
@@ -62,12 +63,12 @@ def rank0() -> bool:
     return dist.get_rank() == 0
 
 
-def single_turn_prompts(rs: RSConfig) -> list[dict]:
+def single_turn_prompts(data: SFTDataConfig) -> list[dict]:
     """Every distinct single-turn prompt of the SFT sources, with the source's instruction put
     before it as the SFT encoder does. Single-turn only: the reward model scores a (prompt,
     answer) pair, and a ShareGPT record with history would also train the history's answers."""
     seen, prompts = set(), []
-    for source in rs.sources:
+    for source in data.sources:
         records = get_reader(source.reader)(Path(source.path), source.name)
         for record in tqdm(records, desc=f"RS prompts {source.name}", disable=not rank0()):
             messages = record["messages"]
@@ -86,10 +87,10 @@ def sample_prompts(rnd: Round, out: Path) -> dict:
     """(a) `num_prompts` prompts drawn without replacement; each round draws afresh."""
     if not rank0():
         return {}
-    pool = single_turn_prompts(rnd.rs)
+    pool = single_turn_prompts(rnd.data)
     if not pool:
         raise ValueError("data.sources: no single-turn prompt to sample from")
-    rng = np.random.default_rng([rnd.rs.seed, rnd.index])
+    rng = np.random.default_rng([rnd.data.seed, rnd.index])
     picked = rng.permutation(len(pool))[: rnd.rs.num_prompts]
     if len(picked) < rnd.rs.num_prompts:
         log.warning("RS: only %d distinct prompts for num_prompts=%d", len(pool), len(picked))
@@ -129,7 +130,7 @@ def generate_answers(rnd: Round, out: Path) -> dict:
         gen = dataclasses.replace(
             rnd.rs.generation,
             num_samples=rnd.rs.num_samples,
-            template=rnd.rs.template,  # the template the policy was fine-tuned with
+            template=rnd.data.template,  # the template the policy was fine-tuned with
             seed=int(seed.generate_state(1)[0]),
         )
         rows = rnd.shard_prompts(shard)
@@ -157,7 +158,7 @@ def score_answers(rnd: Round, out: Path) -> dict:
 
     tp = rnd.cfg.parallel.tensor_model_parallel_size
     model, tokenizer, context = load_reward_model(rnd.rs.reward_checkpoint, tp, rnd.cfg.precision)
-    template, n = get_template(rnd.rs.template), rnd.rs.num_samples
+    template, n = get_template(rnd.data.template), rnd.rs.num_samples
 
     def work(shard: int) -> list[dict]:
         rows = files.read_jsonl(files.shard_path(rnd.dir("generate"), shard))
@@ -181,7 +182,7 @@ def select_answers(rnd: Round, out: Path) -> dict:
     kept = kept_records(rows, rnd.rs.top_k, rnd.rs.score_threshold)
     if not kept:
         raise ValueError(
-            f"RS round {rnd.index}: no answer kept; data.score_threshold="
+            f"RS round {rnd.index}: no answer kept; rs.score_threshold="
             f"{rnd.rs.score_threshold} is above every score (mean {score_stats(rows)['mean']:.3f})"
         )
     files.write_jsonl(out / KEPT, kept)
@@ -207,7 +208,7 @@ def sft_run_config(rnd: Round, out: Path):
     """The run config of the SFT stage: this run's, on the kept data, from the policy."""
     cfg = copy.deepcopy(rnd.cfg)
     cfg.run_dir, cfg.checkpoint.load = str(out), rnd.policy
-    data = {f.name: getattr(rnd.rs, f.name) for f in dataclasses.fields(SFTDataConfig)}
+    data = {f.name: getattr(rnd.data, f.name) for f in dataclasses.fields(SFTDataConfig)}
     kept = rnd.dir("select") / KEPT
     data["sources"] = [{"name": f"rs_round_{rnd.index}", "reader": "sharegpt", "path": str(kept)}]
     cfg.data = data

@@ -24,6 +24,7 @@ class StageSpec:
     starts_from: str  # the pipeline step whose checkpoint it loads (weights only)
     demo_data: str  # the conf/data group the offline demo (`chimed pipeline`) uses
     loop: bool = True  # False: an orchestrator, called as implementation(cfg, tokenizer_dir)
+    section: str | None = None  # its own RunConfig section (config/stages.py), if it has one
 
 
 STAGES: dict[str, StageSpec] = {
@@ -41,16 +42,18 @@ STAGES: dict[str, StageSpec] = {
     ),
     "rm": StageSpec(
         "megatron_chimed.stages.rm:RewardStage",
-        "megatron_chimed.stages.rm:RewardStageConfig",
+        "megatron_chimed.reward.data:RewardDataConfig",
         starts_from="sft",
         demo_data="reward_sample",
+        section="rm",
     ),
     "rs": StageSpec(
         "megatron_chimed.stages.rs:run",
-        "megatron_chimed.rejection_sampling.config:RSConfig",
+        "megatron_chimed.data.sft.config:SFTDataConfig",  # where the prompts come from
         starts_from="sft",
         demo_data="sft_sample",
         loop=False,
+        section="rs",
     ),
 }
 

@@ -19,7 +19,6 @@ import json
 import logging
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,10 +29,10 @@ from omegaconf import OmegaConf
 
 from megatron_chimed.atomic import atomic_write_text
 from megatron_chimed.config.schema import OptimConfig, TrainingConfig
+from megatron_chimed.config.stages import RMConfig
 from megatron_chimed.data.sft import Epochs
 from megatron_chimed.data.template import get_template
 from megatron_chimed.reward.batch import (
-    PAIRINGS,
     RankedExample,
     encode_records,
     example_tensors,
@@ -54,49 +53,29 @@ log = logging.getLogger(__name__)
 TEST_REPORT = "rm_test_report.json"
 
 
-@dataclass
-class RewardStageConfig(RewardDataConfig):
-    """The `data` group of the rm stage: the files (RewardDataConfig), how they become pairs,
-    and the epoch-based schedule (conf/stage/rm.yaml)."""
-
-    pairing: str = "adjacent"  # training pairs: adjacent | all | binary
-    eval_pairing: str = "all"  # validation/test pairs (all K are forwarded either way)
-    margin: float = 0.0
-    epochs: float = 2.0
-    warmup_fraction: float = 0.03
-    min_warmup_iters: int = 5
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for key in ("pairing", "eval_pairing"):
-            if getattr(self, key) not in PAIRINGS:
-                raise ValueError(f"data.{key}={getattr(self, key)!r}: expected {sorted(PAIRINGS)}")
-
-
-def epoch_schedule(
-    cfg: RewardStageConfig, train_prompts: int, global_batch: int
-) -> tuple[int, int]:
+def epoch_schedule(cfg: RMConfig, train_prompts: int, global_batch: int) -> tuple[int, int]:
     """(train_iters, warmup_iters) for `cfg.epochs` passes over `train_prompts` prompts."""
     iters = max(1, math.ceil(cfg.epochs * train_prompts / global_batch))
     return iters, max(cfg.min_warmup_iters, math.ceil(cfg.warmup_fraction * iters))
 
 
 def rm_schedule(
-    data: RewardStageConfig,
+    rm: RMConfig,
     training: TrainingConfig,
     optim: OptimConfig,
     train_prompts: int,
     valid_prompts: int,
+    valid_name: str = "data.valid",
 ) -> tuple[TrainingConfig, OptimConfig]:
     """The run's training and optim sections with the epoch-based schedule filled in (copies:
     the configured ones are left as they are): train and warm-up iterations from the epochs,
     and validation over every whole global batch of the valid split."""
     gb = training.global_batch_size
-    train_iters, warmup_iters = epoch_schedule(data, train_prompts, gb)
+    train_iters, warmup_iters = epoch_schedule(rm, train_prompts, gb)
     eval_iters = valid_prompts // gb
     if training.eval_interval and not eval_iters:
         raise ValueError(
-            f"{data.valid}: {valid_prompts} prompts, fewer than "
+            f"{valid_name}: {valid_prompts} prompts, fewer than "
             f"training.global_batch_size={gb}: nothing to validate on"
         )
     return (
@@ -130,22 +109,28 @@ class RewardStage(Stage):
 
     def __init__(self, cfg: RunConfig, tokenizer: ZiyaTokenizer) -> None:
         super().__init__(cfg, tokenizer)
-        merged = OmegaConf.merge(OmegaConf.structured(RewardStageConfig), cfg.data or {})
-        self.data: RewardStageConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+        merged = OmegaConf.merge(OmegaConf.structured(RewardDataConfig), cfg.data or {})
+        self.data: RewardDataConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+        self.rm = cfg.rm
         self.splits = {
             split: self._encode(
-                split, self.data.pairing if split == "train" else self.data.eval_pairing
+                split, self.rm.pairing if split == "train" else self.rm.eval_pairing
             )
             for split in ("train", "valid", "test")
         }
         self._schedule = rm_schedule(
-            self.data, cfg.training, cfg.optim, len(self.splits["train"]), len(self.splits["valid"])
+            self.rm,
+            cfg.training,
+            cfg.optim,
+            len(self.splits["train"]),
+            len(self.splits["valid"]),
+            str(self.data.valid),
         )
         t, optim = self._schedule
         log.info(
             "rm: %d train prompts x %s epochs -> train_iters=%d, warmup_iters=%d",
             len(self.splits["train"]),
-            self.data.epochs,
+            self.rm.epochs,
             t.train_iters,
             optim.warmup_iters,
         )
@@ -197,7 +182,7 @@ class RewardStage(Stage):
         )
         scores = model(batch.tokens, batch.position_ids, None, batch.last_index)
         return scores, partial(
-            pairwise_loss, pairs=batch.pairs, group_sizes=batch.group_sizes, margin=self.data.margin
+            pairwise_loss, pairs=batch.pairs, group_sizes=batch.group_sizes, margin=self.rm.margin
         )
 
     def after_training(self, model: torch.nn.Module) -> None:
@@ -223,7 +208,7 @@ class RewardStage(Stage):
         report = {
             "split": str(self.data.test),
             "prompts": len(test),
-            "pairing": self.data.eval_pairing,
+            "pairing": self.rm.eval_pairing,
             **{name.replace(" ", "_"): (v[0] / v[1]).item() for name, v in totals.items()},
         }
         if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:

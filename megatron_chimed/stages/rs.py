@@ -1,7 +1,7 @@
 """The rs stage: rounds of (a) prompts -> (b) answers -> (c) rewards -> (d) top-k -> (e) SFT.
 
     torchrun -m megatron_chimed.train stage=rs checkpoint.load=SFT_CKPT \
-        data.reward_checkpoint=RM_CKPT run_dir=runs/rs
+        rs.reward_checkpoint=RM_CKPT run_dir=runs/rs
 
 Not a training-loop stage: generation and scoring are not a forward_step. Phases hand over
 files (files.py), so a job killed anywhere restarts at the phase, and the shard, where it
@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from megatron_chimed.data.sft import load_data_config
 from megatron_chimed.rejection_sampling import files, phases
-from megatron_chimed.rejection_sampling.config import load_rs_config
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +71,14 @@ def run_phase(rnd: phases.Round, name: str) -> bool:
 def run(cfg, tokenizer_dir: str | Path) -> str:
     """Run or resume every round of the rs stage; return "done", "stopped" (stop_after_phase)
     or "preempted" (the SFT phase saved and exited; rerun the same command)."""
-    rs = load_rs_config(cfg.data)
-    if rs.stop_after_phase not in (None, *PHASES):
-        raise ValueError(f"data.stop_after_phase={rs.stop_after_phase!r}: expected {list(PHASES)}")
+    rs, data = cfg.rs, load_data_config(cfg.data)  # the settings; the prompts' sources
+    rs.validate()
     if not cfg.checkpoint.load:
         raise ValueError("checkpoint.load is not set: the rs stage starts from the SFT policy")
     Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
     policy = cfg.checkpoint.load
     for index in range(rs.rounds):
-        rnd = phases.Round(cfg, rs, index, policy, Path(tokenizer_dir))
+        rnd = phases.Round(cfg, rs, data, index, policy, Path(tokenizer_dir))
         policy = str(rnd.dir("train") / "checkpoints")
         if files.read_done(rnd.dir("train")) is not None:
             continue  # a finished round: stop_after_phase applies to the first unfinished one
@@ -87,7 +86,7 @@ def run(cfg, tokenizer_dir: str | Path) -> str:
             if not run_phase(rnd, name):
                 return "preempted"
             if name == rs.stop_after_phase:
-                log.info("RS round %d: stopping after %s (data.stop_after_phase)", index, name)
+                log.info("RS round %d: stopping after %s (rs.stop_after_phase)", index, name)
                 return "stopped"
     log.info("RS: %d round(s) done; the final policy is %s", rs.rounds, policy)
     return "done"

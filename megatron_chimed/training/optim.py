@@ -41,8 +41,17 @@ def build_optimizer(
     train_iters: int,
 ):
     """(megatron optimizer, OptimizerParamScheduler) for a DDP-wrapped model."""
+    from megatron.core import optimizer as megatron_optimizer
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    if torch.cuda.is_available() and megatron_optimizer.USING_PYTORCH_OPTIMIZER:
+        # megatron falls back to torch's AdamW without TE or Apex: slower, and its checkpoint
+        # code needs the patches of platform/cpu_compat.py, which never run on a GPU.
+        raise RuntimeError(
+            "no fused Adam: megatron-core found neither Transformer Engine nor Apex, and would "
+            "train with torch's AdamW. Install Transformer Engine (`pip install .[gpu]`) or Apex"
+        )
 
     optimizer = get_megatron_optimizer(
         OptimizerConfig(
@@ -62,8 +71,6 @@ def build_optimizer(
         [ddp],
     )
     unwrap(ddp).config.grad_scale_func = optimizer.scale_loss
-    for part in getattr(optimizer, "chained_optimizers", [optimizer]):
-        _fix_torch_adam_fallback(part)
     min_lr = optim.lr * optim.min_lr_ratio
     decay_iters = optim.decay_iters or train_iters
     scheduler = OptimizerParamScheduler(
@@ -80,47 +87,3 @@ def build_optimizer(
         wd_incr_style="constant",
     )
     return optimizer, scheduler
-
-
-def _fix_torch_adam_fallback(optimizer) -> None:
-    """Make megatron's DistributedOptimizer checkpoint a plain `torch.optim.AdamW` correctly.
-
-    Without Transformer Engine or Apex (the CPU, or a GPU box without them) megatron falls back
-    to torch's AdamW, whose per-parameter `step` tensors its checkpoint code mishandles:
-    - `state_dict()` asserts that all states share one step, which fails on a fresh optimizer
-      (no state yet): we create the state torch would create at the first step (step 0, zero
-      moments; numerically the same);
-    - loading copies every state tensor from the checkpoint, but `step` lives in the param
-      groups: fully_reshardable state has none (KeyError), dp_reshardable hands back the
-      optimizer's own pre-load step (never saved), which would reset the count to 0 and
-      restart the bias correction: we drop it, so the param groups' step is the one loaded;
-    - `load_state_dict` gives all parameters ONE shared step tensor, which AdamW then
-      increments once per parameter per step (the bias correction runs away): we unshare it.
-    """
-    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
-
-    inner = getattr(optimizer, "optimizer", None)
-    if not isinstance(optimizer, DistributedOptimizer) or not isinstance(inner, torch.optim.Adam):
-        return
-    for group in inner.param_groups:
-        for param in group["params"]:
-            inner.state[param] = {
-                "step": torch.tensor(0.0),
-                "exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format),
-                "exp_avg_sq": torch.zeros_like(param, memory_format=torch.preserve_format),
-            }
-    set_states, load_state_dict = (
-        optimizer._set_main_param_and_optimizer_states,
-        optimizer.load_state_dict,
-    )
-
-    def set_states_without_step(model_param, tensors: dict) -> None:
-        set_states(model_param, {**tensors, "step": None})  # None entries are skipped
-
-    def load_state_dict_unshared(state_dict: dict) -> None:
-        load_state_dict(state_dict)
-        for state in inner.state.values():
-            state["step"] = state["step"].clone()
-
-    optimizer._set_main_param_and_optimizer_states = set_states_without_step
-    optimizer.load_state_dict = load_state_dict_unshared

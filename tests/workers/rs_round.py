@@ -68,7 +68,7 @@ def train_reward(args, tmp: Path, policy: Path) -> Path:
         {"question": p, "response_chosen": GOOD, "response_rejected": BAD} for p in PROMPTS
     ])  # fmt: skip
     cfg = config.load(["stage=rm", "data=reward_sample", *common(
-        tmp / "rm", args.tokenizer, f"checkpoint.load={policy}", "data.epochs=12",
+        tmp / "rm", args.tokenizer, f"checkpoint.load={policy}", "rm.epochs=12",
         "data.rank_order=[response_chosen,response_rejected]", "optim.lr=2e-3",
         f"data.train={pairs}", f"data.valid={pairs}", f"data.test={pairs}",
     )])  # fmt: skip
@@ -78,10 +78,10 @@ def train_reward(args, tmp: Path, policy: Path) -> Path:
 
 def rs(args, tmp: Path, run_dir: Path, policy: Path, reward: Path, *extra: str) -> str:
     cfg = config.load(["stage=rs", "data=sft_sample", *common(
-        run_dir, args.tokenizer, f"checkpoint.load={policy}", f"data.reward_checkpoint={reward}",
-        "data.num_prompts=8", "data.num_samples=4", "data.top_k=1", "data.shard_prompts=4",
-        "data.generation.max_new_tokens=12", "data.generation.temperature=1.0",
-        "data.generation.top_p=1.0", "training.train_iters=30", "optim.lr=2e-3",
+        run_dir, args.tokenizer, f"checkpoint.load={policy}", f"rs.reward_checkpoint={reward}",
+        "rs.num_prompts=8", "rs.num_samples=4", "rs.top_k=1", "rs.shard_prompts=4",
+        "rs.generation.max_new_tokens=12", "rs.generation.temperature=1.0",
+        "rs.generation.top_p=1.0", "training.train_iters=30", "optim.lr=2e-3",
         "optim.warmup_iters=2", *extra,
     )])  # fmt: skip
     source = {"name": "policy", "reader": "sharegpt", "path": str(tmp / POLICY_DATA)}
@@ -108,7 +108,7 @@ def main() -> None:
     r: dict = {}
     job = tmp / "rs"
 
-    r["first"] = rs(args, tmp, job, policy, reward, "data.stop_after_phase=generate")
+    r["first"] = rs(args, tmp, job, policy, reward, "rs.stop_after_phase=generate")
     first = {p: snapshot(job, p) for p in ("prompts", "generate")}
     dist.barrier()  # every rank has read the files before rank 0 deletes some
     # A job killed while generating: shard 1 and the phase's DONE never written.
@@ -117,13 +117,13 @@ def main() -> None:
         (gen / files.DONE).unlink()
         files.shard_path(gen, 1).unlink()
     dist.barrier()
-    r["second"] = rs(args, tmp, job, policy, reward, "data.stop_after_phase=generate")
+    r["second"] = rs(args, tmp, job, policy, reward, "rs.stop_after_phase=generate")
     second = {p: snapshot(job, p) for p in ("prompts", "generate")}
     r["third"] = rs(args, tmp, job, policy, reward)
     third = {p: snapshot(job, p) for p in ("prompts", "generate")}
-    r["round1"] = rs(args, tmp, job, policy, reward, "data.rounds=2", "data.stop_after_phase=score")
+    r["round1"] = rs(args, tmp, job, policy, reward, "rs.rounds=2", "rs.stop_after_phase=score")
     whole = tmp / "rs_uninterrupted"
-    r["uninterrupted"] = rs(args, tmp, whole, policy, reward, "data.stop_after_phase=select")
+    r["uninterrupted"] = rs(args, tmp, whole, policy, reward, "rs.stop_after_phase=select")
 
     if dist.get_rank() == 0:
         r["snapshots"] = {"first": first, "second": second, "third": third}

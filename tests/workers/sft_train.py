@@ -15,10 +15,10 @@ import torch
 import torch.distributed as dist
 
 from megatron_chimed import config
+from megatron_chimed.config.stages import GenerationConfig
 from megatron_chimed.data.sft import load_data_config, packed_sft_dataset
 from megatron_chimed.data.template import DOCTOR_INSTRUCTION, get_template
 from megatron_chimed.generation.decode import generate_ids
-from megatron_chimed.generation.sampling import GenerationConfig
 from megatron_chimed.model import unwrap
 from megatron_chimed.platform import destroy, initialize
 from megatron_chimed.stages.sft import SFTStage
