@@ -76,3 +76,11 @@ def test_rs_config_names_the_bad_key() -> None:
         RSConfig().validate()
     with pytest.raises(ValueError, match="rs.stop_after_phase='scoring'"):
         RSConfig(reward_checkpoint="rm", stop_after_phase="scoring").validate()
+
+
+def test_the_final_policy_is_the_last_rounds_fine_tune(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no rejection-sampling round"):
+        files.final_policy(tmp_path)
+    for r in (0, 1, 10):  # numeric order, not text order
+        (tmp_path / "rs" / f"round_{r}" / "train").mkdir(parents=True)
+    assert files.final_policy(tmp_path) == tmp_path / "rs" / "round_10" / "train" / "checkpoints"

@@ -52,8 +52,8 @@ class ModelConfig:
     init_method_std: float = 0.02
     make_vocab_size_divisible_by: int = 128
     # How layers are implemented, not what they compute: `auto` = Transformer Engine (fused norms,
-    # flash attention) where CUDA and TE exist, else megatron-core's local spec. Key names in
-    # checkpoints differ between the two (see megatron_chimed/convert).
+    # flash attention) where CUDA and TE exist, else megatron-core's local spec. Checkpoints use
+    # TE's key names either way (the local spec maps its norms onto them): one serves both.
     transformer_impl: str = "auto"
     # Transformer Engine's attention kernel: `auto` lets TE pick per shape and GPU (cuDNN fused
     # attention on Hopper, flash-attn elsewhere), as megatron-core's default does. Forcing

@@ -23,6 +23,7 @@ from typing import Any
 
 from megatron_chimed.config.schema import PipelineConfig
 from megatron_chimed.launch.torchrun import torchrun_command, torchrun_env
+from megatron_chimed.rejection_sampling.files import final_policy
 from megatron_chimed.stages import STAGES
 
 
@@ -37,9 +38,7 @@ class Context:
         if step == "convert":
             return self.run_dir / step
         if step == "rs":  # each round fine-tunes into its own folder; the last is the policy
-            rounds = [p for p in (self.run_dir / "rs").rglob("round_*") if p.is_dir()]
-            last = max(rounds, key=lambda p: int(p.name.split("_")[1]))
-            return last / "train" / "checkpoints"
+            return final_policy(self.run_dir / step)
         return self.run_dir / step / "checkpoints"
 
     @property

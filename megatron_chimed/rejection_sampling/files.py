@@ -32,6 +32,14 @@ def phase_dir(run_dir: str | Path, round_index: int, phase: str) -> Path:
     return round_dir(run_dir, round_index) / phase
 
 
+def final_policy(run_dir: str | Path) -> Path:
+    """The rs stage's result: the checkpoints the last round fine-tuned."""
+    rounds = sorted((Path(run_dir) / "rs").glob("round_*"), key=lambda p: int(p.name.split("_")[1]))
+    if not rounds:
+        raise FileNotFoundError(f"{run_dir}: no rejection-sampling round has run")
+    return phase_dir(run_dir, int(rounds[-1].name.split("_")[1]), "train") / "checkpoints"
+
+
 def shard_path(folder: Path, shard: int) -> Path:
     return folder / f"shard_{shard:05d}.jsonl"
 
