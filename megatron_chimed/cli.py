@@ -22,6 +22,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 UNDER_TORCHRUN = {"train", "smoke"}  # entry points that expect torchrun's environment
+# Commands whose arguments are Hydra overrides of conf/ (the others parse their own flags).
+HYDRA_EXAMPLES = {
+    "pipeline": "chimed pipeline experiment=demo run_dir=runs/demo",
+    "train": "chimed train stage=sft parallel=tp2_cpu training=tiny run_dir=runs/sft "
+    "checkpoint.load=runs/cpt/checkpoints",
+    "smoke": "chimed smoke model=tiny parallel=tp2_cpu",
+}
 
 
 def usage() -> str:
@@ -38,11 +45,39 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"chimed: unknown command {command!r}\n{usage()}", file=sys.stderr)
         return 2
+    if command in HYDRA_EXAMPLES and any(a in ("-h", "--help") for a in rest):
+        print(command_help(command))
+        return 0
+    if command in HYDRA_EXAMPLES and rest[:2] == ["--cfg", "job"]:
+        from omegaconf import OmegaConf
+
+        from megatron_chimed.config import load
+
+        print(OmegaConf.to_yaml(OmegaConf.structured(load(rest[2:]))), end="")
+        return 0
     if command in UNDER_TORCHRUN:
         from megatron_chimed.config import load
 
         return torchrun(COMMANDS[command][0], _world_for(load(rest)), rest)
     return int(importlib.import_module(COMMANDS[command][0]).main(rest) or 0)
+
+
+def command_help(command: str) -> str:
+    """What a Hydra command does, its config groups with their options, and an example."""
+    from megatron_chimed.config import CONF_DIR
+
+    groups = sorted(p for p in CONF_DIR.iterdir() if p.is_dir())
+    rows = "\n".join(
+        f"  {g.name + '=':<12} {', '.join(sorted(f.stem for f in g.glob('*.yaml')))}"
+        for g in groups
+    )
+    return (
+        f"usage: chimed {command} [group=option ...] [key=value ...]\n"
+        f"{COMMANDS[command][1]}\n\nconfig groups (conf/<group>/<option>.yaml):\n{rows}\n\n"
+        "any key of the composed config can be set, e.g. training.train_iters=100;\n"
+        f"`chimed {command} --cfg job [overrides]` prints the composed config.\n\n"
+        f"example:\n  {HYDRA_EXAMPLES[command]}\n"
+    )
 
 
 def _world_for(cfg) -> int:
