@@ -2,13 +2,15 @@
 
 Readers (and a job restarted after a crash) see the previous complete file or the new complete
 file, never half of one. Every writer of results, caches and pointers in the project uses this.
+The file gets the permissions any other new file would (0666 less the umask), not mkstemp's
+private 0600, so that the rest of a group can read a shared run folder.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -20,7 +22,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     is removed on failure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
@@ -32,6 +34,21 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
         raise
 
 
+def _create_temp(path: Path) -> tuple[int, Path]:
+    """A new hidden file beside `path`, opened for writing. Created with mode 0666 so that the
+    kernel applies the umask (and any default ACL) as for an ordinary file; reading the umask
+    instead would mean setting it, which is process-wide and races with other threads."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path.parent}: no free temporary name for {path.name}")
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` (UTF-8) to `path` atomically."""
     with atomic_open(path) as f:
         f.write(text)

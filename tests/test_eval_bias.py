@@ -104,3 +104,10 @@ def test_bad_scale_files_name_the_field(tmp_path):
     no_slot = write_scale(tmp_path / "b.json", CAMI_OPTIONS, ["agree_biased"], prompt="请选择")
     with pytest.raises(DataFormatError, match=r"b\.json: field 'prompt'"):
         load_scale(no_slot)
+
+
+def test_a_scale_that_is_not_an_object_is_named(tmp_path):
+    path = tmp_path / "list.json"
+    path.write_text("[1, 2]", encoding="utf-8")
+    with pytest.raises(DataFormatError, match=r"list\.json: the scale: expected a JSON object"):
+        load_scale(path)

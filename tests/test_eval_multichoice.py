@@ -215,3 +215,28 @@ def test_unlabelled_split_is_refused(tmp_path):
     write(data / "test" / "basic_medicine_test.csv", "id,question,A,B,C,D\n0,问,a,b,c,d\n")
     with pytest.raises(ValueError, match="no answer"):
         MultiChoiceTask(task_cfg(data, split="test", subjects=["basic_medicine"]))
+
+
+def test_medqa_non_object_line_and_invalid_utf8_name_file_and_line(tmp_path):
+    listed = write(tmp_path / "list.jsonl", '{"question": "q", "options": {"A": "a"}}\n[1, 2]\n')
+    with pytest.raises(
+        DataFormatError, match=r"list\.jsonl: line 2: expected a JSON object, got list"
+    ):
+        read_medqa_jsonl(listed)
+    gbk = tmp_path / "gbk.jsonl"
+    gbk.write_bytes(b'\n{"question": "' + "高血压".encode("gbk") + b'"}\n')
+    with pytest.raises(
+        DataFormatError, match=rf"^{gbk}:2: not valid UTF-8 \(byte 0xb8 at column 15\)"
+    ):
+        read_medqa_jsonl(gbk)
+
+
+def test_ceval_invalid_utf8_names_row_and_field(tmp_path):
+    path = tmp_path / "val" / "basic_medicine_val.csv"
+    path.parent.mkdir(parents=True)
+    row = b"0," + "高血压".encode("gbk") + b",a,b,c,d,A\n"
+    path.write_bytes(b"id,question,A,B,C,D,answer\n" + row)
+    with pytest.raises(
+        DataFormatError, match=r"row 1 \(line 2\): field 'question': not valid UTF-8"
+    ):
+        read_ceval_csv(path, "basic_medicine")

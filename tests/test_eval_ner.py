@@ -156,3 +156,27 @@ def test_ner_task_counts_unparseable(tmp_path):
     assert result["counts"]["unparseable"] == 1
     assert result["metrics"]["precision_micro"] == 100.0
     assert result["metrics"]["recall_micro"] == pytest.approx(100 / 6)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('["胸痛", []]', r"line 2: expected a JSON object, got list"),
+        (
+            '{"text": "胸痛", "entities": ["胸痛"]}',
+            r"line 2: entities\[0\]: expected a JSON object",
+        ),
+    ],
+)
+def test_span_jsonl_non_objects_name_line_and_field(tmp_path, line, message):
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"text": "胸痛", "entities": []}\n' + line + "\n", encoding="utf-8")
+    with pytest.raises(DataFormatError, match=rf"s\.jsonl: {message}"):
+        read_span_jsonl(path)
+
+
+def test_ccks_invalid_utf8_names_file_and_line(tmp_path):
+    path = tmp_path / "gbk.txt"
+    path.write_bytes(b'{"originalText": "' + "胸痛".encode("gbk") + b'", "entities": []}\n')
+    with pytest.raises(DataFormatError, match=rf"^{path}:1: not valid UTF-8"):
+        read_ccks2019(path)

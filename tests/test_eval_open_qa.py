@@ -110,3 +110,26 @@ def test_task_scores_outputs_against_references(tmp_path):
     assert result["metrics"]["rouge2"] == pytest.approx((100 + 0) / 2)
     assert result["metrics"]["bleu1"] == pytest.approx(100 * 5 / 6)  # 5 of 6 unigrams, no BP
     assert task.meta()["tokenisation"].startswith("sacrebleu zh")
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ('{"question": "q", "answers": []}\n"just a string"\n', "line 2"),
+        ('[{"question": "q", "answers": []}, 3]', "element 2 of the array"),
+    ],
+)
+def test_non_object_records_name_line_or_element(tmp_path, text, where):
+    path = tmp_path / "qa.jsonl"
+    path.write_text(text, encoding="utf-8")
+    for read in (read_chimed_qa, read_mc_dialogues):
+        with pytest.raises(DataFormatError, match=rf"qa\.jsonl: {where}: expected a JSON object"):
+            read(path)
+
+
+def test_patient_speaker_with_stray_whitespace_stays_the_patient(tmp_path):
+    turns = [("患者 ", "头晕"), ("医生", "量血压"), ("\t患者", "150/95"), ("医生", "建议就诊")]
+    record = {"content": [{"speaker": s, "utterance": u} for s, u in turns]}
+    path = write_jsonl(tmp_path / "mc.jsonl", [record])
+    (item,) = read_mc_dialogues(path)
+    assert item.prompt_body == "P: 头晕\nD: 量血压\nP: 150/95"

@@ -7,6 +7,7 @@ The batch shell's trap/forward/requeue logic is also run here against stand-in `
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -171,6 +172,37 @@ def test_render_rejects_bad_module_and_log_dir() -> None:
         render_sbatch(cfg, [], "train; rm -rf /")
     with pytest.raises(ValueError, match="whitespace"):
         render_sbatch(cfg, [], log_dir="/my logs")
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        ({"partition": "gpu\nrm -rf ~"}, "launcher.partition"),
+        ({"account": "med\r"}, "launcher.account"),
+        ({"mem": "0\n"}, "launcher.mem"),
+        ({"workdir": "/scratch\ncurl x | sh"}, "launcher.workdir"),
+        ({"torchrun": "torchrun\n--x"}, "launcher.torchrun"),
+        ({"setup": ["module load cuda", "echo a\necho b"]}, "launcher.setup[1]"),
+        ({"sbatch_extra": ["--qos=high\nrm -rf ~"]}, "launcher.sbatch_extra[0]"),
+        ({"gpu_env": {"NCCL_DEBUG": "WARN\x00"}}, "launcher.gpu_env.NCCL_DEBUG"),
+        ({"job_name": "chimed\x1b"}, "launcher.job_name"),
+    ],
+)
+def test_render_rejects_control_characters_naming_the_key(change: dict, key: str) -> None:
+    cfg = LauncherConfig(kind="slurm", gpus_per_node=8)
+    for name, value in change.items():  # after construction: render_sbatch checks on its own
+        setattr(cfg, name, value)
+    with pytest.raises(ValueError, match=rf"^{re.escape(key)}=.*control character U\+00"):
+        render_sbatch(cfg, ["experiment=demo"])
+
+
+def test_render_rejects_a_multi_line_override_and_a_bad_env_name() -> None:
+    cfg = LauncherConfig(kind="slurm", gpus_per_node=8)
+    with pytest.raises(ValueError, match=r"^overrides\[1\]=.*control character U\+000A"):
+        render_sbatch(cfg, ["experiment=demo", "run_dir=/x\nrm -rf ~"])
+    cfg.gpu_env = {"A;rm -rf ~;B": "1"}
+    with pytest.raises(ValueError, match="launcher.gpu_env: 'A;rm -rf ~;B' is not an environment"):
+        render_sbatch(cfg, [])
 
 
 def test_compose_with_a_primary_config(tmp_path: Path) -> None:

@@ -66,3 +66,60 @@ def test_cli_exits_2_with_the_line(tiny_ziya: Path, tmp_path: Path) -> None:
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert f"{src}:1: expected a JSON object, got list" in proc.stderr
+
+
+def test_byte_order_marks_are_ignored(tiny_ziya: Path, tmp_path: Path) -> None:
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    # A BOM opens the file and a second concatenated part.
+    lines = [json.dumps({"text": t}, ensure_ascii=False) for t in TEXTS]
+    src = tmp_path / "bom.jsonl"
+    src.write_bytes(b"\xef\xbb\xbf" + f"{lines[0]}\n\ufeff{lines[1]}\n{lines[2]}\n".encode())
+    stats = preprocess([src], tmp_path / "out", tiny_ziya, progress=False)
+    tok = ZiyaTokenizer(tiny_ziya)
+    dataset = IndexedDataset(output_prefix(tmp_path / "out", "text"))
+    assert [dataset[i].tolist() for i in range(3)] == [tok.encode(t) + [tok.eod] for t in TEXTS]
+    assert (stats.documents, stats.skipped) == (3, 0)
+
+
+def test_invalid_utf8_names_file_and_line(tiny_ziya: Path, tmp_path: Path) -> None:
+    src = tmp_path / "gbk.jsonl"
+    good = json.dumps({"text": "好"}).encode()
+    src.write_bytes(good + b"\n" + '{"text": "高血压"}'.encode("gbk") + b"\n" + good + b"\n")
+    with pytest.raises(
+        MalformedRecord, match=rf"^{src}:2: not valid UTF-8 \(byte 0xb8 at column 11\)"
+    ):
+        preprocess([src], tmp_path / "out", tiny_ziya, progress=False)
+    stats = preprocess([src], tmp_path / "out", tiny_ziya, skip_bad=True, progress=False)
+    assert (stats.documents, stats.skipped) == (2, 1)
+
+
+@pytest.mark.parametrize("content", [b"", b"\n  \n", b'{"text": 1}\n'])
+def test_no_documents_exits_2_naming_the_file_and_writes_nothing(
+    tiny_ziya: Path, tmp_path: Path, content: bytes
+) -> None:
+    src = tmp_path / "empty.jsonl"
+    src.write_bytes(content)
+    cmd = [
+        sys.executable,
+        "tools/preprocess_data.py",
+        "--input",
+        str(src),
+        "--output-prefix",
+        str(tmp_path / "o"),
+        "--tokenizer",
+        str(tiny_ziya),
+        "--skip-bad",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {src}: no documents")
+    assert list(tmp_path.glob("o*")) == []
+
+
+def test_an_input_without_documents_is_warned_about(tiny_ziya: Path, tmp_path: Path) -> None:
+    good = write_jsonl(tmp_path / "good.jsonl", [json.dumps({"text": "好"})])
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    stats = preprocess([good, empty], tmp_path / "out", tiny_ziya, progress=False)
+    assert stats.per_file == {str(good): 1, str(empty): 0}

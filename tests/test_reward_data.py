@@ -13,12 +13,18 @@ from megatron_chimed.data.jsonio import DataError
 from megatron_chimed.data.template import get_template
 from megatron_chimed.reward.batch import (
     RankedExample,
+    encode_records,
     example_tensors,
     make_example,
     make_pairs,
     stack_batch,
 )
-from megatron_chimed.reward.data import RankedRecord, RewardDataConfig, read_ranked_jsonl
+from megatron_chimed.reward.data import (
+    DuplicateResponse,
+    RankedRecord,
+    RewardDataConfig,
+    read_ranked_jsonl,
+)
 from megatron_chimed.reward.loss import PAIR_ACCURACY, RANKING_ACCURACY, pairwise_loss
 from megatron_chimed.testing.tiny_ziya import SAMPLE_DATA
 from megatron_chimed.tokenizer import ZiyaTokenizer
@@ -118,6 +124,52 @@ def test_bad_config_values_are_named() -> None:
         RewardDataConfig(rank_order=["response_chosen"])
 
 
+DUPLICATES = [
+    {"question": "q1", "response_chosen": "a", "response_rejected": "b"},
+    {"question": "q2", "response_chosen": "same", "response_rejected": " same\n"},
+    {"question": "q3", "response_chosen": "c", "response_rejected": "d"},
+]
+
+
+def test_identical_chosen_and_rejected_is_an_error_naming_file_line_and_field(
+    tmp_path: Path,
+) -> None:
+    path = write_jsonl(tmp_path / "r.jsonl", DUPLICATES)
+    with pytest.raises(
+        DuplicateResponse,
+        match=rf"^{path}:2: field 'response_rejected': the same response as 'response_chosen'",
+    ):
+        read_ranked_jsonl(path, RewardDataConfig())
+
+
+def test_identical_responses_are_skipped_and_counted_when_configured(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "r.jsonl", DUPLICATES)
+    records, skipped = read_ranked_jsonl(path, RewardDataConfig(on_duplicate="skip"))
+    assert [r.prompt for r in records] == ["q1", "q3"] and skipped == 1
+    # on_missing does not cover repeats: each kind of skip is asked for by its own key.
+    with pytest.raises(DuplicateResponse):
+        read_ranked_jsonl(path, RewardDataConfig(on_missing="skip"))
+
+
+def test_a_repeated_answer_in_a_ranked_list_names_its_index(tmp_path: Path) -> None:
+    rows = [{"prompt": "p", "responses": ["a", "b", "a", "c"]}]
+    path = write_jsonl(tmp_path / "r.jsonl", rows)
+    cfg = RewardDataConfig(responses_field="responses", prompt_field="prompt")
+    with pytest.raises(
+        DuplicateResponse, match=rf"^{path}:1: field 'responses\[2\]': .* as 'responses\[0\]'"
+    ):
+        read_ranked_jsonl(path, cfg)
+
+
+def test_a_rank_order_naming_a_field_twice_or_the_prompt_is_refused() -> None:
+    with pytest.raises(ValueError, match="field 'response_chosen' is named twice"):
+        RewardDataConfig(rank_order=["response_chosen", "response_gpt4", "response_chosen"])
+    with pytest.raises(ValueError, match="'question' is the prompt_field"):
+        RewardDataConfig(rank_order=["response_chosen", "question"])
+    with pytest.raises(ValueError, match="on_duplicate"):
+        RewardDataConfig(on_duplicate="keep")
+
+
 @pytest.fixture(scope="module")
 def tokenizer(tiny_ziya: Path) -> ZiyaTokenizer:
     return ZiyaTokenizer(tiny_ziya)
@@ -151,6 +203,23 @@ def test_too_long_sequences_keep_bos_and_their_end(tokenizer: ZiyaTokenizer) -> 
     assert was_cut
     for long, short in zip(full.sequences, cut.sequences):
         assert len(short) == 8 and short[0] == tokenizer.bos and short[1:] == long[-7:]
+
+
+def test_pairs_that_become_the_same_tokens_are_refused_or_dropped(
+    tokenizer: ZiyaTokenizer,
+) -> None:
+    template = get_template("ziya")
+    # Different answers with the same ending: cut to 6 tokens from the left they are equal.
+    same_end = RankedRecord(
+        "问", ("甲" + "多喝水" * 8, "乙" + "多喝水" * 8), "r.jsonl:7", ("a", "b")
+    )
+    with pytest.raises(DuplicateResponse, match=r"^r.jsonl:7: field 'b': the same tokens as 'a'"):
+        make_example(same_end, template, tokenizer, 6, "adjacent")
+    kept = encode_records([RECORD, same_end], template, tokenizer, 6, "binary", on_duplicate="skip")
+    assert len(kept) == 1
+    # Records made by hand go through the reader's check too.
+    with pytest.raises(DuplicateResponse, match="field 'responses\\[1\\]'"):
+        make_example(RankedRecord("问", ("好", "好")), template, tokenizer, 256, "binary")
 
 
 EXAMPLES = [

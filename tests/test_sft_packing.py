@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -185,6 +186,32 @@ def test_failed_cache_write_leaves_no_file(sample_cfg, tok, monkeypatch) -> None
     with pytest.raises(OSError, match="disk full"):
         sft_dataset.packed_sft_dataset(sample_cfg, tok)
     assert os.listdir(sample_cfg.cache_dir) == []
+
+
+def test_cache_defaults_to_the_folder_the_stage_passes_and_reports_reader_drops(
+    tok: ZiyaTokenizer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(ROOT)  # the config's paths are relative to the repository
+    monkeypatch.delenv("CHIMED_CACHE", raising=False)
+    shipped = load_data_config(ROOT / "conf" / "data" / "sft_sample.yaml")
+    assert shipped.cache_dir is None  # so that the run's own folder is used
+    monkeypatch.chdir(tmp_path)  # the old default, runs/cache/sft, would land here
+    talk = [{"from": "gpt", "value": "您好"}, {"from": "human", "value": "头痛"},
+            {"from": "gpt", "value": "多休息"}, {"from": "human", "value": "谢谢"}]  # fmt: skip
+    src = tmp_path / "chat.jsonl"
+    src.write_text(json.dumps({"conversations": talk}, ensure_ascii=False) + "\n", "utf-8")
+    cfg = load_data_config(
+        {"seq_length": 64, "sources": [{"name": "chat", "reader": "sharegpt", "path": str(src)}]}
+    )
+    run_cache = tmp_path / "run" / "cache" / "sft"
+    ds = sft_dataset.packed_sft_dataset(cfg, tok, run_cache)
+    assert len(list(run_cache.glob("sft_*.npz"))) == 1 and not (tmp_path / "runs").exists()
+    assert ds.stats["chat"] == {
+        "dropped_leading_assistant_turn": 1,
+        "dropped_trailing_user_turn": 1,
+        "kept": 1,
+        "samples": 1,
+    }
 
 
 def test_choose_applies_cap_then_weight() -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from megatron_chimed.data.jsonio import DataError, iter_json_array
+from megatron_chimed.data.sft.encode import EncodeStats
 from megatron_chimed.data.sft.readers import READERS, get_reader
 from megatron_chimed.testing.tiny_ziya import SAMPLE_DATA
 
@@ -248,3 +249,86 @@ def test_safety_and_meddialog_raw_errors(tmp_path: Path) -> None:
     path = write(tmp_path, "m.txt", "\n病人：\n你好\n")
     with pytest.raises(DataError, match=r"m\.txt:2: field 'id': text before the first id= line"):
         read("meddialog_raw", path)
+
+
+# ---------------------------------------------------------------- speakers and dropped turns
+
+
+def mc_line(*turns: tuple[str, str]) -> str:
+    content = [{"speaker": s, "utterance": u} for s, u in turns]
+    return json.dumps({"id": "1", "content": content}, ensure_ascii=False)
+
+
+def test_mc_speaker_with_stray_whitespace_keeps_its_role(tmp_path: Path) -> None:
+    # "患者 " once made the patient's words part of the doctor's trained answer.
+    text = mc_line(
+        ("患者", "头晕"), ("医生", "量血压了吗"), ("患者 ", "150/95"), (" 医生\t", "就诊")
+    )
+    got = read("mc", write(tmp_path, "mc.json", text + "\n"))
+    assert pairs(got[-1]) == [
+        ("user", "头晕"),
+        ("assistant", "量血压了吗"),
+        ("user", "150/95"),
+        ("assistant", "就诊"),
+    ]
+
+
+def test_mc_unknown_speaker_is_an_error_naming_file_line_and_speaker(tmp_path: Path) -> None:
+    text = mc_line(("患者", "a"), ("医生", "b")) + "\n" + mc_line(("患者", "c"), ("护士", "d"))
+    path = write(tmp_path, "mc.json", text + "\n")
+    with pytest.raises(DataError) as err:
+        read("mc", path)
+    assert str(err.value).startswith(f"{path}:2 content[1]: field 'speaker': '护士': expected")
+
+
+def test_every_dropped_turn_is_counted(tmp_path: Path) -> None:
+    def turn(role: str, text: str) -> dict:
+        return {"from": role, "value": text}
+
+    rows = [
+        # A leading gpt turn, then an exchange, then two unanswered human turns.
+        [turn("gpt", "你好"), turn("human", "q"), turn("gpt", "a"), turn("human", "x"),
+         turn("human", "y")],
+        # Only questions: nothing to train on.
+        [turn("human", "q1")],
+        # An empty question between two answers.
+        [turn("human", "q"), turn("gpt", "a"), turn("human", " "), turn("gpt", "b")],
+    ]  # fmt: skip
+    text = "\n".join(json.dumps({"conversations": r}, ensure_ascii=False) for r in rows)
+    stats = EncodeStats()
+    got = list(get_reader("sharegpt")(write(tmp_path, "s.jsonl", text + "\n"), "src", stats))
+    # The empty turn goes, so the two answers around it merge into one.
+    assert [pairs(r) for r in got] == [
+        [("user", "q"), ("assistant", "a")],
+        [("user", "q"), ("assistant", "a\nb")],
+    ]
+    assert stats.as_dict() == {
+        "src": {
+            "dropped_empty_turn": 1,
+            "dropped_leading_assistant_turn": 1,
+            "dropped_trailing_user_turn": 3,
+        }
+    }
+
+
+# ---------------------------------------------------------------- invalid UTF-8
+
+
+def test_invalid_utf8_names_file_and_line_not_a_byte_offset(tmp_path: Path) -> None:
+    good = b'{"instruction": "q", "input": "", "output": "a"}\n'
+    bad = b'{"instruction": "' + "高血压".encode("gbk") + b'", "input": "", "output": "a"}\n'
+    path = tmp_path / "gbk.json"
+    path.write_bytes(good * 3 + bad)
+    with pytest.raises(DataError) as err:
+        read("cmd_finetune", path)
+    assert str(err.value).startswith(f"{path}:4: not valid UTF-8 (byte 0xb8 at column 18)")
+    array = tmp_path / "a.json"
+    array.write_bytes(b'[["\xe7\x97\x85\xe4\xba\xba\xef\xbc\x9aa"], ["\xff"]]')
+    with pytest.raises(
+        DataError, match=rf"^{array}\[1\]: not valid UTF-8 \(byte 0xff at character 3\)"
+    ):
+        read("meddialog_processed", array)
+    whole = tmp_path / "s.json"
+    whole.write_bytes(b'{"Insult": [\n{"prompt": "\xff", "response": "r"}]}')
+    with pytest.raises(DataError, match=rf"^{whole}:2: not valid UTF-8 \(byte 0xff at column 13\)"):
+        read("safety_prompts", whole)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from megatron_chimed.data.indexed import MalformedRecord, output_prefix, preprocess
+from megatron_chimed.data.indexed import MalformedRecord, NoDocuments, output_prefix, preprocess
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,9 +35,12 @@ def main(argv: list[str] | None = None) -> int:
             args.workers,
             skip_bad=args.skip_bad,
         )
-    except (MalformedRecord, FileNotFoundError) as err:
+    except (MalformedRecord, NoDocuments, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    for path, documents in stats.per_file.items():
+        if not documents:  # likely the wrong file; the others still made a dataset
+            print(f"warning: {path}: no documents", file=sys.stderr)
     for key in args.json_keys:
         print(f"wrote {output_prefix(args.output_prefix, key)}.bin/.idx")
     print(f"{stats.documents} documents, {stats.tokens} tokens, {stats.skipped} malformed skipped")

@@ -4,7 +4,9 @@ Streams any number of files of any size: lines are read lazily and sent in chunk
 processes that parse and tokenize them (one tokenizer per worker); the parent only appends the
 returned id arrays, in input order, so the output does not depend on `workers`. Both files are
 written under temporary names and renamed at the end: an interrupted run leaves no half dataset
-that a training job could pick up.
+that a training job could pick up, and a run that found no document writes nothing (megatron
+cannot even open an empty dataset). Input is UTF-8; a BOM at the start of the file, or of any
+line (concatenated parts), is ignored, as every other reader of the project does.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ import json
 import multiprocessing
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from megatron_chimed.data.jsonio import BOM, not_utf8
 from megatron_chimed.tokenizer import ZiyaTokenizer
 
 CHUNK_LINES = 512  # big enough to amortise inter-process pickling, small enough to stream
@@ -30,11 +33,16 @@ class MalformedRecord(ValueError):
     """A JSONL line that is not a record with the expected string fields (file:line: reason)."""
 
 
+class NoDocuments(ValueError):
+    """The inputs held no document (empty, blank, or every line skipped): nothing is written."""
+
+
 @dataclass
 class PreprocessStats:
     documents: int = 0
     tokens: int = 0
     skipped: int = 0  # malformed lines passed over with skip_bad
+    per_file: dict[str, int] = field(default_factory=dict)  # documents per input file
 
 
 def output_prefix(prefix: str | os.PathLike, key: str) -> str:
@@ -51,7 +59,9 @@ class _Chunk:
 
 def _chunks(paths: Sequence[str | os.PathLike]) -> Iterator[_Chunk]:
     for path in paths:
-        with open(path, encoding="utf-8") as f:
+        # surrogateescape: a line with invalid UTF-8 becomes an error naming its file and line
+        # in `_parse` (skippable with skip_bad) instead of a decoder error at a byte offset.
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
             lines: list[str] = []
             first = 1
             for lineno, line in enumerate(f, start=1):
@@ -70,9 +80,13 @@ def _parse(chunk: _Chunk, keys: Sequence[str]) -> tuple[dict[str, list[str]], li
     texts: dict[str, list[str]] = {key: [] for key in keys}
     errors: list[str] = []
     for offset, line in enumerate(chunk.lines):
+        line = line.lstrip(BOM)
         if not line.strip():
             continue
         where = f"{chunk.path}:{chunk.first_line + offset}"
+        if (bad := not_utf8(where, line)) is not None:
+            errors.append(str(bad))
+            continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
@@ -100,9 +114,9 @@ def _init_worker(tokenizer_dir: str) -> None:
 
 def _encode(
     job: tuple[_Chunk, tuple[str, ...]],
-) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:
-    """Per key: the chunk's documents (each + EOD) as ONE token array and their lengths; one
-    array pickles and writes far faster than hundreds of small ones."""
+) -> tuple[str, dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:
+    """The chunk's file and, per key, its documents (each + EOD) as ONE token array and their
+    lengths; one array pickles and writes far faster than hundreds of small ones."""
     chunk, keys = job
     texts, errors = _parse(chunk, keys)
     eod = _worker_tokenizer.eod
@@ -112,7 +126,7 @@ def _encode(
         lengths = np.fromiter((len(ids) for ids in encoded), dtype=np.int64, count=len(encoded))
         flat = np.fromiter((t for ids in encoded for t in ids), dtype=np.int32, count=lengths.sum())
         docs[key] = (flat, lengths)
-    return docs, errors
+    return chunk.path, docs, errors
 
 
 def _add_documents(builder: Any, flat: np.ndarray, lengths: np.ndarray) -> None:
@@ -136,7 +150,8 @@ def preprocess(
     """Tokenize every record's `json_keys` into one indexed dataset per key.
 
     A malformed line raises MalformedRecord naming file and line, unless `skip_bad`, in which
-    case it is counted in the returned stats.
+    case it is counted in the returned stats. Inputs without any document raise NoDocuments
+    naming them, and nothing is written.
     """
     from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 
@@ -150,12 +165,12 @@ def preprocess(
     tmp = {key: f"{p}.tmp{os.getpid()}" for key, p in final.items()}
     Path(prefix).parent.mkdir(parents=True, exist_ok=True)
     builders = {key: IndexedDatasetBuilder(tmp[key] + ".bin", dtype=dtype) for key in keys}
-    stats = PreprocessStats()
+    stats = PreprocessStats(per_file={str(path): 0 for path in inputs})
     jobs = ((chunk, keys) for chunk in _chunks(inputs))
     bar = tqdm(unit="doc", desc="preprocess", disable=not progress, smoothing=0.1)
     try:
         with _ordered_map(workers, str(tokenizer_dir)) as ordered_map:
-            for docs, errors in ordered_map(_encode, jobs):
+            for path, docs, errors in ordered_map(_encode, jobs):
                 if errors and not skip_bad:
                     raise MalformedRecord(errors[0])
                 stats.skipped += len(errors)
@@ -163,9 +178,16 @@ def preprocess(
                     _add_documents(builders[key], flat, lengths)
                 flat, lengths = docs[keys[0]]
                 stats.documents += len(lengths)
+                stats.per_file[path] += len(lengths)
                 stats.tokens += flat.size
                 bar.update(len(lengths))
                 bar.set_postfix(tok_s=f"{stats.tokens / max(bar.format_dict['elapsed'], 1e-9):.0f}")
+        if not stats.documents:
+            names = ", ".join(str(path) for path in inputs)
+            raise NoDocuments(
+                f"{names}: no documents (empty or blank input, {stats.skipped} malformed line(s) "
+                "skipped); nothing written"
+            )
         for key in keys:
             builders[key].finalize(tmp[key] + ".idx")
             # .bin first: a reader that finds the .idx finds its .bin.

@@ -8,6 +8,7 @@ here loads a whole file: JSON Lines are read line by line and arrays element by 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,10 +26,43 @@ class DataError(ValueError):
         super().__init__(f"{where}: {at}{problem}")
 
 
+# Invalid UTF-8 bytes as the `surrogateescape` error handler decodes them. Valid UTF-8 never
+# decodes to these (Python's decoder refuses encoded surrogates too).
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+_CONVERT = "convert the file to UTF-8, e.g. `iconv -f GBK -t UTF-8`"
+
+
+def not_utf8(
+    where: str, text: str, pos: int = 0, end: int | None = None, unit: str = "column"
+) -> DataError | None:
+    """A DataError naming `where` and the first invalid UTF-8 byte of `text[pos:end]` (decoded
+    with `surrogateescape`; counted from `pos` in `unit`s), or None when that part is clean."""
+    bad = _UNDECODABLE.search(text, pos, len(text) if end is None else end)
+    if bad is None:
+        return None
+    byte = ord(bad.group()) - 0xDC00
+    at = f"{unit} {bad.start() - pos + 1}"
+    return DataError(where, None, f"not valid UTF-8 (byte 0x{byte:02x} at {at}); {_CONVERT}")
+
+
+def read_text(path: str | Path) -> str:
+    """A whole UTF-8 file without its BOM; invalid UTF-8 is a DataError naming the line (the
+    decoder's own error gives a byte offset, which no editor shows)."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = data.decode("utf-8-sig", errors="surrogateescape")
+        for number, line in enumerate(text.split("\n"), 1):
+            if (err := not_utf8(f"{path}:{number}", line)) is not None:
+                raise err from None
+        raise
+
+
 def read_json(path: str | Path) -> Any:
     """One whole JSON file (a config, an index, metadata); errors name the file and line."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        return json.loads(read_text(path))
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: missing") from None
     except json.JSONDecodeError as err:
@@ -37,10 +71,14 @@ def read_json(path: str | Path) -> Any:
 
 def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
     """`(1-based line number, line)` without BOMs; `utf-8-sig` only strips the first one, and
-    files made by concatenation carry one per part."""
-    with open(path, encoding="utf-8-sig") as f:
+    files made by concatenation carry one per part. A line with invalid UTF-8 is a DataError
+    naming file and line (the decoder's own error gives only an offset into its buffer)."""
+    with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
         for number, line in enumerate(f, 1):
-            yield number, line.lstrip(BOM).rstrip("\r\n")
+            line = line.lstrip(BOM).rstrip("\r\n")
+            if (err := not_utf8(f"{path}:{number}", line)) is not None:
+                raise err
+            yield number, line
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[str, Any]]:
@@ -59,7 +97,7 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[str, Any]]:
 def iter_json_array(path: str | Path, chunk_chars: int = 1 << 20) -> Iterator[tuple[str, Any]]:
     """`(where, element)` for each element of a file holding one JSON array, streamed."""
     decoder = json.JSONDecoder()
-    with open(path, encoding="utf-8-sig") as f:
+    with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
         buffer, pos, eof = "", 0, False
 
         def next_char() -> str:
@@ -96,6 +134,8 @@ def iter_json_array(path: str | Path, chunk_chars: int = 1 << 20) -> Iterator[tu
                 more = f.read(chunk_chars)
                 eof = not more
                 buffer, pos = buffer[pos:] + more, 0
+            if (err := not_utf8(where, buffer, pos, end, "character")) is not None:
+                raise err
             pos = end
             yield where, element
             index += 1

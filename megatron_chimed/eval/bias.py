@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import DataFormatError
+from .errors import DataFormatError, expect_object, read_text
 from .model_api import EvalModel
 
 KEYINGS = ("agree_biased", "disagree_biased")
@@ -45,7 +45,7 @@ class BiasScale:
 
 def load_scale(path: Path) -> BiasScale:
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8-sig"))
+        data = expect_object(json.loads(read_text(path)), f"{path}: the scale")
     except json.JSONDecodeError as err:
         raise DataFormatError(f"{path}: line {err.lineno}: not valid JSON ({err.msg})") from None
     for field, kind in (("name", str), ("prompt", str), ("options", list), ("items", list)):

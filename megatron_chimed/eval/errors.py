@@ -1,6 +1,37 @@
-"""The one error bad evaluation data raises."""
+"""The one error bad evaluation data raises, and reading text files so that it is the one."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from megatron_chimed.data import jsonio
 
 
 class DataFormatError(ValueError):
     """A data or scale file does not match its format; the message names the file, the line
     (or row / item) and the field, so the user can fix the file without reading our code."""
+
+
+def read_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """`(1-based line number, line)` of a UTF-8 file, BOMs dropped; invalid UTF-8 is a
+    DataFormatError naming file and line, not a decoder error at a byte offset."""
+    try:
+        yield from jsonio.iter_lines(path)
+    except jsonio.DataError as err:
+        raise DataFormatError(str(err)) from None
+
+
+def read_text(path: str | Path) -> str:
+    """A whole UTF-8 file without its BOM; invalid UTF-8 is a DataFormatError naming the line."""
+    try:
+        return jsonio.read_text(path)
+    except jsonio.DataError as err:
+        raise DataFormatError(str(err)) from None
+
+
+def expect_object(record: object, where: str) -> dict:
+    """`record` if it is a JSON object, else a DataFormatError naming `where`."""
+    if not isinstance(record, dict):
+        raise DataFormatError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    return record

@@ -14,7 +14,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DataFormatError
+from megatron_chimed.data.jsonio import not_utf8
+
+from .errors import DataFormatError, expect_object, read_lines
 
 # Chinese subject names used inside the official prompts (C-Eval subject_mapping, CMMLU).
 SUBJECT_NAMES_ZH = {
@@ -69,9 +71,13 @@ def _read_csv(
     path: Path, subject: str, id_field: str, question_field: str, answer_field: str
 ) -> list[MCQuestion]:
     questions: list[MCQuestion] = []
-    with open(path, encoding="utf-8-sig", newline="") as handle:
+    # surrogateescape: invalid UTF-8 is reported below with its row and field, not as a
+    # decoder error at an offset into the decoder's buffer.
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
         reader = csv.DictReader(handle)
         header = reader.fieldnames or []
+        if err := not_utf8(f"{path}: header", ",".join(header)):
+            raise DataFormatError(str(err))
         missing = [f for f in (id_field, question_field, *FOUR_LETTERS) if f not in header]
         if missing:
             raise DataFormatError(f"{path}: header {header} lacks column(s) {missing}")
@@ -80,6 +86,7 @@ def _read_csv(
             # Explanations span several physical lines, so report where the record starts.
             where = f"{path}: row {row_number} (line {first_line})"
             first_line = reader.line_num + 1
+            _check_utf8(where, row)
             answer = _check_answer(row.get(answer_field) or "", FOUR_LETTERS, where, answer_field)
             questions.append(
                 MCQuestion(
@@ -93,35 +100,42 @@ def _read_csv(
     return questions
 
 
+def _check_utf8(where: str, row: dict[str, str | None]) -> None:
+    """A DataFormatError naming the field of `row` that holds invalid UTF-8 (decoded with
+    `surrogateescape`), if any."""
+    for name, value in row.items():
+        if isinstance(value, str) and (err := not_utf8(f"{where}: field {name!r}", value)):
+            raise DataFormatError(str(err))
+
+
 def read_medqa_jsonl(path: Path, subject: str = "mcmle") -> list[MCQuestion]:
     """MedQA Mainland JSON Lines (5 options A-E, or 4 in the ``4_options`` variant)."""
     questions: list[MCQuestion] = []
-    with open(path, encoding="utf-8-sig") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}: line {line_number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataFormatError(f"{where}: not valid JSON ({err.msg})") from None
-            options = record.get("options")
-            if not isinstance(options, dict) or not options:
-                raise DataFormatError(f"{where}: field 'options' must be a letter->text dict")
-            letters = tuple(sorted(options))
-            question = record.get("question")
-            if not isinstance(question, str):
-                raise DataFormatError(f"{where}: field 'question' must be a string")
-            answer = _check_answer(str(record.get("answer_idx", "")), letters, where, "answer_idx")
-            questions.append(
-                MCQuestion(
-                    subject=subject,
-                    qid=str(record.get("id", line_number)),
-                    question=question,
-                    options={k: str(options[k]) for k in letters},
-                    answer=answer,
-                )
+    for line_number, line in read_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}: line {line_number}"
+        try:
+            record = expect_object(json.loads(line), where)
+        except json.JSONDecodeError as err:
+            raise DataFormatError(f"{where}: not valid JSON ({err.msg})") from None
+        options = record.get("options")
+        if not isinstance(options, dict) or not options:
+            raise DataFormatError(f"{where}: field 'options' must be a letter->text dict")
+        letters = tuple(sorted(options))
+        question = record.get("question")
+        if not isinstance(question, str):
+            raise DataFormatError(f"{where}: field 'question' must be a string")
+        answer = _check_answer(str(record.get("answer_idx", "")), letters, where, "answer_idx")
+        questions.append(
+            MCQuestion(
+                subject=subject,
+                qid=str(record.get("id", line_number)),
+                question=question,
+                options={k: str(options[k]) for k in letters},
+                answer=answer,
             )
+        )
     return questions
 
 

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DataFormatError
+from .errors import DataFormatError, expect_object, read_lines
 
 CCKS_LABELS = ("疾病和诊断", "影像检查", "实验室检验", "手术", "药物", "解剖部位")
 
@@ -34,39 +34,39 @@ def read_span_jsonl(
     end_inclusive: bool = False,
 ) -> list[NERDoc]:
     docs: list[NERDoc] = []
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            line = line.replace("\ufeff", "")  # a BOM may open any concatenated part
-            if not line.strip():
-                continue
-            where = f"{path}: line {line_number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataFormatError(f"{where}: not valid JSON ({err.msg})") from None
-            text = record.get(text_key)
-            spans = record.get(entities_key)
-            if not isinstance(text, str):
-                raise DataFormatError(f"{where}: field {text_key!r} must be a string")
-            if not isinstance(spans, list):
-                raise DataFormatError(f"{where}: field {entities_key!r} must be a list")
-            entities = []
-            for k, span in enumerate(spans):
-                field = f"{entities_key}[{k}]"
-                start, end, label = span.get(start_key), span.get(end_key), span.get(label_key)
-                if not isinstance(start, int) or not isinstance(end, int):
-                    raise DataFormatError(f"{where}: {field}: {start_key}/{end_key} not integers")
-                end = end + 1 if end_inclusive else end
-                if not 0 <= start < end <= len(text):
-                    raise DataFormatError(
-                        f"{where}: {field}: span [{start}, {end}) outside text of {len(text)} chars"
-                    )
-                if not isinstance(label, str) or not label:
-                    raise DataFormatError(f"{where}: {field}: {label_key!r} must be a string")
-                entities.append((start, text[start:end], label))
-            entities.sort(key=lambda e: e[0])
-            doc_id = str(record.get("id", line_number))
-            docs.append(NERDoc(doc_id, text, tuple((t, lab) for _, t, lab in entities)))
+    for line_number, line in read_lines(path):
+        line = line.replace("\ufeff", "")  # a BOM may open any concatenated part
+        if not line.strip():
+            continue
+        where = f"{path}: line {line_number}"
+        try:
+            record = expect_object(json.loads(line), where)
+        except json.JSONDecodeError as err:
+            raise DataFormatError(f"{where}: not valid JSON ({err.msg})") from None
+        text = record.get(text_key)
+        spans = record.get(entities_key)
+        if not isinstance(text, str):
+            raise DataFormatError(f"{where}: field {text_key!r} must be a string")
+        if not isinstance(spans, list):
+            raise DataFormatError(f"{where}: field {entities_key!r} must be a list")
+        entities = []
+        for k, span in enumerate(spans):
+            field = f"{entities_key}[{k}]"
+            span = expect_object(span, f"{where}: {field}")
+            start, end, label = span.get(start_key), span.get(end_key), span.get(label_key)
+            if not isinstance(start, int) or not isinstance(end, int):
+                raise DataFormatError(f"{where}: {field}: {start_key}/{end_key} not integers")
+            end = end + 1 if end_inclusive else end
+            if not 0 <= start < end <= len(text):
+                raise DataFormatError(
+                    f"{where}: {field}: span [{start}, {end}) outside text of {len(text)} chars"
+                )
+            if not isinstance(label, str) or not label:
+                raise DataFormatError(f"{where}: {field}: {label_key!r} must be a string")
+            entities.append((start, text[start:end], label))
+        entities.sort(key=lambda e: e[0])
+        doc_id = str(record.get("id", line_number))
+        docs.append(NERDoc(doc_id, text, tuple((t, lab) for _, t, lab in entities)))
     return docs
 
 
@@ -108,33 +108,32 @@ def read_bio(
             docs.append(NERDoc(f"{path.name}:{line_number}", joiner.join(tokens), tuple(entities)))
         tokens, entities = [], []
 
-    with open(path, encoding="utf-8-sig") as handle:
-        line_number = 0
-        for line_number, line in enumerate(handle, start=1):
-            columns = line.split()
-            if not columns or columns[0].startswith("-DOCSTART-"):
-                close_doc(line_number)
-                continue
-            try:
-                token, tag = columns[token_column], columns[tag_column]
-            except IndexError:
-                where = f"{path}: line {line_number}"
-                raise DataFormatError(f"{where}: missing token or tag column") from None
-            tokens.append(token)
-            if tag == "O":
-                close_entity()
-                continue
-            prefix, _, label = tag.partition("-")
-            if prefix not in ("B", "I", "E", "S") or not label:
-                where = f"{path}: line {line_number}"
-                raise DataFormatError(f"{where}: tag {tag!r} is not O or B-/I-/E-/S-")
-            if prefix in ("B", "S") or label != current_label:
-                close_entity()
-            current.append(token)
-            current_label = label
-            if prefix in ("E", "S"):
-                close_entity()
-        close_doc(line_number)
+    line_number = 0
+    for line_number, line in read_lines(path):
+        columns = line.split()
+        if not columns or columns[0].startswith("-DOCSTART-"):
+            close_doc(line_number)
+            continue
+        try:
+            token, tag = columns[token_column], columns[tag_column]
+        except IndexError:
+            where = f"{path}: line {line_number}"
+            raise DataFormatError(f"{where}: missing token or tag column") from None
+        tokens.append(token)
+        if tag == "O":
+            close_entity()
+            continue
+        prefix, _, label = tag.partition("-")
+        if prefix not in ("B", "I", "E", "S") or not label:
+            where = f"{path}: line {line_number}"
+            raise DataFormatError(f"{where}: tag {tag!r} is not O or B-/I-/E-/S-")
+        if prefix in ("B", "S") or label != current_label:
+            close_entity()
+        current.append(token)
+        current_label = label
+        if prefix in ("E", "S"):
+            close_entity()
+    close_doc(line_number)
     return docs
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import DataFormatError
+from .errors import DataFormatError, expect_object, read_text
 from .model_api import EvalModel
 from .text_metrics import TOKENISATION, text_scores
 
@@ -29,21 +29,25 @@ class GenerationItem:
 
 
 def read_json_records(path: Path) -> list[tuple[int, dict]]:
-    """A JSON array or JSON Lines file as (line-or-index, record) pairs; BOM tolerated."""
-    text = Path(path).read_text(encoding="utf-8-sig")
+    """A JSON array or JSON Lines file as (line-or-index, record) pairs, each record a JSON
+    object; BOM tolerated."""
+    text = read_text(path)
     if text.lstrip().startswith("["):
         try:
             records = json.loads(text)
         except json.JSONDecodeError as err:
             raise DataFormatError(f"{path}: line {err.lineno}: not JSON ({err.msg})") from None
-        return list(enumerate(records, start=1))
+        return [
+            (index, expect_object(record, f"{path}: element {index} of the array"))
+            for index, record in enumerate(records, start=1)
+        ]
     pairs = []
     for line_number, line in enumerate(text.splitlines(), start=1):
         if line.strip():
+            where = f"{path}: line {line_number}"
             try:
-                pairs.append((line_number, json.loads(line)))
+                pairs.append((line_number, expect_object(json.loads(line), where)))
             except json.JSONDecodeError as err:
-                where = f"{path}: line {line_number}"
                 raise DataFormatError(f"{where}: not valid JSON ({err.msg})") from None
     return pairs
 
@@ -74,8 +78,9 @@ def read_chimed_qa(path: Path) -> tuple[list[GenerationItem], int]:
 
 
 def speaker_tag(speaker: str) -> str:
-    # The crawler writes 患者 for the patient and treats every other speaker as the doctor.
-    return "P" if speaker in ("患者", "P", "patient") else "D"
+    # The crawler writes 患者 for the patient and treats every other speaker as the doctor;
+    # stray whitespace must not turn the patient into the doctor.
+    return "P" if speaker.strip() in ("患者", "P", "patient") else "D"
 
 
 def read_mc_dialogues(path: Path, turns: str = "last") -> list[GenerationItem]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shlex
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -42,6 +44,37 @@ def sbatch_directives(cfg: LauncherConfig, log_dir: str) -> list[str]:
     return lines
 
 
+def _check_value(key: str, value: str) -> None:
+    """Refuse a control character: a newline (or CR) would end the `#SBATCH`, export or
+    command line the value is pasted into and start a shell line of its own."""
+    for position, char in enumerate(value):
+        if unicodedata.category(char) == "Cc":
+            raise ValueError(
+                f"{key}={value!r}: control character U+{ord(char):04X} at position {position}; "
+                "a job script value must be one line of printable text"
+            )
+
+
+def check_rendered_values(cfg: LauncherConfig, overrides: Sequence[str]) -> None:
+    """Every launcher value and override that reaches the job script is one line of text, and
+    every exported name a shell variable name; errors name the key."""
+    for spec in dataclasses.fields(cfg):
+        key, value = f"launcher.{spec.name}", getattr(cfg, spec.name)
+        if isinstance(value, str):
+            _check_value(key, value)
+        elif isinstance(value, list | tuple):
+            for i, item in enumerate(value):
+                _check_value(f"{key}[{i}]", str(item))
+        elif isinstance(value, dict):
+            for name, item in value.items():
+                # `export NAME=...`: the name is not quoted, so it must be a plain identifier.
+                if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(name)):
+                    raise ValueError(f"{key}: {name!r} is not an environment variable name")
+                _check_value(f"{key}.{name}", str(item))
+    for i, override in enumerate(overrides):
+        _check_value(f"overrides[{i}]", override)
+
+
 def _setup_lines(cfg: LauncherConfig) -> list[str]:
     lines = []
     if cfg.gpus_per_node:
@@ -60,12 +93,14 @@ def render_sbatch(
     """The job script running `torchrun ... -m module overrides` on `cfg.nodes` nodes.
 
     `overrides` reach the trainer unchanged (each shell-quoted); per-node logs go to
-    `log_dir/<job>-<id>-node<N>.log`. Slurm does not create `log_dir`: the caller must.
+    `log_dir/<job>-<id>-node<N>.log`. Slurm does not create `log_dir`: the caller must. A
+    control character in any value is an error naming its key (check_rendered_values).
     """
     if not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", module):
         raise ValueError(f"module {module!r} is not a dotted Python module name")
     if re.search(r"\s", log_dir):
         raise ValueError(f"log_dir {log_dir!r} contains whitespace, which #SBATCH cannot quote")
+    check_rendered_values(cfg, overrides)
     fields = {
         "SBATCH": "\n".join(sbatch_directives(cfg, log_dir)),
         "REQUEUE": "1" if cfg.requeue else "0",

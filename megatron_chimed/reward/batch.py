@@ -14,7 +14,12 @@ from dataclasses import dataclass
 import torch
 
 from megatron_chimed.data.template import ASSISTANT, USER, ChatTemplate
-from megatron_chimed.reward.data import RankedRecord
+from megatron_chimed.reward.data import (
+    ON_DUPLICATE,
+    DuplicateResponse,
+    RankedRecord,
+    check_distinct,
+)
 from megatron_chimed.tokenizer import ZiyaTokenizer
 
 log = logging.getLogger(__name__)
@@ -89,13 +94,30 @@ def make_example(
     pairing: str,
     instruction: str | None = None,
 ) -> tuple[RankedExample, bool]:
-    """Tokenise the responses `pairing` needs; also report whether any was truncated."""
+    """Tokenise the responses `pairing` needs; also report whether any was truncated.
+
+    A record with fewer than 2 responses is a ValueError; one with the same response twice, or
+    whose paired responses become the same tokens (cut to `seq_length` from the left, or equal
+    after the tokenizer's normalisation), is a DuplicateResponse naming record and field.
+    """
+    if len(record.responses) < 2:
+        where = record.where or "reward record"
+        raise ValueError(f"{where}: {len(record.responses)} response(s); a ranking needs >= 2")
+    check_distinct(record)  # records built by hand have not been through the reader's check
     pairs = make_pairs(pairing, len(record.responses))
     used = sorted({i for pair in pairs for i in pair})  # binary skips the middle responses
     position = {old: new for new, old in enumerate(used)}
     encoded = [
         encode_response(template, tokenizer, record, i, seq_length, instruction) for i in used
     ]
+    for better, worse in pairs:
+        if encoded[position[better]][0] == encoded[position[worse]][0]:
+            raise DuplicateResponse(
+                record.where or "reward record",
+                record.name(worse),
+                f"the same tokens as {record.name(better)!r} at seq_length={seq_length}: "
+                "a pair of equals teaches nothing",
+            )
     local = tuple((position[a], position[b]) for a, b in pairs)
     example = RankedExample(tuple(ids for ids, _ in encoded), local)
     return example, any(cut for _, cut in encoded)
@@ -109,12 +131,32 @@ def encode_records(
     pairing: str,
     instruction: str | None = None,
     name: str = "reward",
+    on_duplicate: str = "error",
 ) -> list[RankedExample]:
     """Tokenise every record once up front (reward sets are thousands of records, not
-    millions), so truncation is counted and logged before training starts."""
-    built = [
-        make_example(r, template, tokenizer, seq_length, pairing, instruction) for r in records
-    ]
+    millions), so truncation is counted and logged before training starts. A record whose
+    paired responses are the same tokens is an error (`on_duplicate: error`) or dropped and
+    counted (`skip`), the data config's `on_duplicate`."""
+    if on_duplicate not in ON_DUPLICATE:
+        raise ValueError(f"on_duplicate={on_duplicate!r}: expected one of {ON_DUPLICATE}")
+    built, duplicates = [], 0
+    for record in records:
+        try:
+            built.append(
+                make_example(record, template, tokenizer, seq_length, pairing, instruction)
+            )
+        except DuplicateResponse:
+            if on_duplicate == "error":
+                raise
+            duplicates += 1
+    if duplicates:
+        log.warning(
+            "%s: dropped %d record(s) whose paired responses are the same tokens",
+            name,
+            duplicates,
+        )
+    if records and not built:
+        raise ValueError(f"{name}: every record was dropped; no pair left to train on")
     truncated = sum(cut for _, cut in built)
     if truncated:
         log.warning(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from functools import partial
+from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
@@ -18,8 +19,15 @@ class PretrainStage(Stage):
         data = OmegaConf.to_object(
             OmegaConf.merge(OmegaConf.structured(PretrainDataConfig), self.cfg.data or {})
         )
+        # Megatron's index cache goes under the run, never beside the user's (maybe read-only)
+        # data, unless data.cache_dir says otherwise.
         train, valid, test = build_pretrain_datasets(
-            data, self.tokenizer, self.cfg.training.seq_length, self.cfg.seed, num_samples
+            data,
+            self.tokenizer,
+            self.cfg.training.seq_length,
+            self.cfg.seed,
+            num_samples,
+            Path(self.cfg.run_dir) / "cache" / "index",
         )
         return train, valid, test
 

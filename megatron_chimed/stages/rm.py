@@ -152,6 +152,7 @@ class RewardStage(Stage):
             pairing,
             self.data.instruction,
             name=path,
+            on_duplicate=self.data.on_duplicate,
         )
         return RankedDataset(examples, seq_length, self.tokenizer.pad, path)
 

@@ -53,7 +53,10 @@ class SFTStage(Stage):
             )
 
     def datasets(self, num_samples: tuple[int, int, int]) -> Datasets:
-        rows = packed_sft_dataset(self.data, self.tokenizer)
+        # The packed cache goes under the run unless data.cache_dir names a shared one.
+        rows = packed_sft_dataset(
+            self.data, self.tokenizer, Path(self.cfg.run_dir) / "cache" / "sft"
+        )
         return Epochs(rows, num_samples[0], self.data.seed), None, None
 
     def forward_step(self, data_iterator: Iterator, model: torch.nn.Module) -> ForwardStepResult:

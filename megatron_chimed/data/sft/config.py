@@ -49,7 +49,10 @@ class SFTDataConfig:
     packing: str = "isolated"
     truncate_response: bool = False
     seed: int = 1234
-    cache_dir: str = "runs/cache/sft"
+    # The packed cache's folder; null: the run's own `<run_dir>/cache/sft` (passed by the stage
+    # to `packed_sft_dataset`), so a run writes nothing outside run_dir. Set a path to share one
+    # cache between runs.
+    cache_dir: str | None = None
 
     def validate(self) -> None:
         if self.template not in TEMPLATES:

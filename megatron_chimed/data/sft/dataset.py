@@ -30,7 +30,12 @@ from megatron_chimed.data.template import get_template
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1  # bump when the cache layout or the encoding changes
+# Bump when the cache layout, the encoding or a reader changes. 2: MC speakers are matched
+# without surrounding whitespace (and unknown ones refused); readers count dropped turns.
+CACHE_VERSION = 2
+# Where the cache goes when neither the data config nor the caller names a folder. A stage passes
+# its run's own folder (`<run_dir>/cache/sft`), so that a run writes only under run_dir.
+DEFAULT_CACHE_DIR = "runs/cache/sft"
 Sample = tuple[np.ndarray, np.ndarray]  # (token ids, loss mask)
 
 
@@ -70,7 +75,7 @@ def encode_sources(cfg: SFTDataConfig, tokenizer) -> tuple[list[Sample], EncodeS
     stats, samples = EncodeStats(), []
     for source in cfg.sources:
         encoded = []
-        records = get_reader(source.reader)(Path(source.path), source.name)
+        records = get_reader(source.reader)(Path(source.path), source.name, stats)
         for record in tqdm(records, desc=f"SFT {source.name}", unit=" records", mininterval=10):
             out = encoder(record, source.instruction or None, stats)
             if out is not None:
@@ -158,10 +163,18 @@ class Epochs(torch.utils.data.Dataset):
         return self.rows[int(self._order[offset])]
 
 
-def packed_sft_dataset(cfg: SFTDataConfig, tokenizer) -> PackedSFTDataset:
+def cache_folder(cfg: SFTDataConfig, default: str | os.PathLike = DEFAULT_CACHE_DIR) -> Path:
+    """The folder of the packed cache: `data.cache_dir` if set, else `default`."""
+    return Path(cfg.cache_dir if cfg.cache_dir is not None else default)
+
+
+def packed_sft_dataset(
+    cfg: SFTDataConfig, tokenizer, cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR
+) -> PackedSFTDataset:
     """Load the cached packed dataset, building it first if needed (rank 0 builds while the
-    other ranks wait, then everyone reads the same file)."""
-    path = Path(cfg.cache_dir) / f"sft_{cache_key(cfg, tokenizer)}.npz"
+    other ranks wait, then everyone reads the same file). `cache_dir` is the folder used when
+    the config's `cache_dir` is null: a stage passes `<run_dir>/cache/sft`."""
+    path = cache_folder(cfg, cache_dir) / f"sft_{cache_key(cfg, tokenizer)}.npz"
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     if not path.is_file() and (not distributed or torch.distributed.get_rank() == 0):
         build_cache(cfg, tokenizer, path)
