@@ -63,15 +63,17 @@ def initialize(
         device, backend = torch.device("cpu"), "gloo"
 
     if not dist.is_initialized():
-        # A single process started without torchrun still needs a store for megatron's groups.
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
-        dist.init_process_group(
-            backend=backend,
-            rank=rank,
-            world_size=world_size,
-            timeout=datetime.timedelta(minutes=timeout_minutes),
-        )
+        timeout = datetime.timedelta(minutes=timeout_minutes)
+        if world_size == 1 and "MASTER_ADDR" not in os.environ:
+            # A single process started without torchrun: an in-process store is all megatron's
+            # groups need. No port is bound, and no MASTER_PORT is left in the environment for
+            # child processes to inherit while this process may still hold it.
+            store = dist.HashStore()
+            dist.init_process_group(backend, store=store, rank=0, world_size=1, timeout=timeout)
+        else:
+            dist.init_process_group(
+                backend=backend, rank=rank, world_size=world_size, timeout=timeout
+            )
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(tensor_model_parallel_size=tensor_parallel)
 
@@ -132,11 +134,3 @@ def destroy() -> None:
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

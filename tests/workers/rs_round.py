@@ -16,8 +16,9 @@ import torch.distributed as dist
 
 from megatron_chimed import config
 from megatron_chimed.platform import destroy, initialize
-from megatron_chimed.rejection_sampling import files, run
+from megatron_chimed.rejection_sampling import files
 from megatron_chimed.stages.rm import RewardStage
+from megatron_chimed.stages.rs import run
 from megatron_chimed.stages.sft import SFTStage
 from megatron_chimed.tokenizer import ZiyaTokenizer
 from megatron_chimed.training.loop import train
