@@ -21,6 +21,13 @@ def write_jsonl(path: Path, lines: list[str]) -> Path:
     return path
 
 
+def preprocess_cli(src: Path, prefix: Path, tokenizer: Path, *extra: str):
+    """tools/preprocess_data.py as a user runs it."""
+    cmd = [sys.executable, "tools/preprocess_data.py", "--input", str(src),
+           "--output-prefix", str(prefix), "--tokenizer", str(tokenizer), *extra]  # fmt: skip
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_round_trip_of_token_ids(tiny_ziya: Path, tmp_path: Path, workers: int) -> None:
     from megatron.core.datasets.indexed_dataset import IndexedDataset
@@ -53,17 +60,7 @@ def test_missing_field_is_named(tiny_ziya: Path, tmp_path: Path) -> None:
 
 def test_cli_exits_2_with_the_line(tiny_ziya: Path, tmp_path: Path) -> None:
     src = write_jsonl(tmp_path / "c.jsonl", ["[1, 2]"])
-    cmd = [
-        sys.executable,
-        "tools/preprocess_data.py",
-        "--input",
-        str(src),
-        "--output-prefix",
-        str(tmp_path / "o"),
-        "--tokenizer",
-        str(tiny_ziya),
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = preprocess_cli(src, tmp_path / "o", tiny_ziya)
     assert proc.returncode == 2
     assert f"{src}:1: expected a JSON object, got list" in proc.stderr
 
@@ -100,18 +97,7 @@ def test_no_documents_exits_2_naming_the_file_and_writes_nothing(
 ) -> None:
     src = tmp_path / "empty.jsonl"
     src.write_bytes(content)
-    cmd = [
-        sys.executable,
-        "tools/preprocess_data.py",
-        "--input",
-        str(src),
-        "--output-prefix",
-        str(tmp_path / "o"),
-        "--tokenizer",
-        str(tiny_ziya),
-        "--skip-bad",
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = preprocess_cli(src, tmp_path / "o", tiny_ziya, "--skip-bad")
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {src}: no documents")
     assert list(tmp_path.glob("o*")) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,3 +36,18 @@ def expect_object(record: object, where: str) -> dict:
     if not isinstance(record, dict):
         raise DataFormatError(f"{where}: expected a JSON object, got {type(record).__name__}")
     return record
+
+
+def read_json_objects(path: str | Path) -> Iterator[tuple[int, str, dict]]:
+    """`(line number, where, record)` for every non-blank line of a JSON Lines evaluation file,
+    each an object; a bad line is a DataFormatError naming file and line."""
+    for line_number, line in read_lines(path):
+        line = line.replace("\ufeff", "")  # a BOM may open any concatenated part
+        if not line.strip():
+            continue
+        where = f"{path}: line {line_number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataFormatError(f"{where}: not valid JSON ({err.msg})") from None
+        yield line_number, where, expect_object(record, where)

@@ -10,13 +10,12 @@ Layouts (docs/data_formats.md §ceval, §cmmlu, §medqa):
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from megatron_chimed.data.jsonio import not_utf8
 
-from .errors import DataFormatError, expect_object, read_lines
+from .errors import DataFormatError, read_json_objects
 
 # Chinese subject names used inside the official prompts (C-Eval subject_mapping, CMMLU).
 SUBJECT_NAMES_ZH = {
@@ -111,14 +110,7 @@ def _check_utf8(where: str, row: dict[str, str | None]) -> None:
 def read_medqa_jsonl(path: Path, subject: str = "mcmle") -> list[MCQuestion]:
     """MedQA Mainland JSON Lines (5 options A-E, or 4 in the ``4_options`` variant)."""
     questions: list[MCQuestion] = []
-    for line_number, line in read_lines(path):
-        if not line.strip():
-            continue
-        where = f"{path}: line {line_number}"
-        try:
-            record = expect_object(json.loads(line), where)
-        except json.JSONDecodeError as err:
-            raise DataFormatError(f"{where}: not valid JSON ({err.msg})") from None
+    for line_number, where, record in read_json_objects(path):
         options = record.get("options")
         if not isinstance(options, dict) or not options:
             raise DataFormatError(f"{where}: field 'options' must be a letter->text dict")

@@ -8,11 +8,10 @@ its readers take the field names / columns from the config.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DataFormatError, expect_object, read_lines
+from .errors import DataFormatError, expect_object, read_json_objects, read_lines
 
 CCKS_LABELS = ("疾病和诊断", "影像检查", "实验室检验", "手术", "药物", "解剖部位")
 
@@ -34,15 +33,7 @@ def read_span_jsonl(
     end_inclusive: bool = False,
 ) -> list[NERDoc]:
     docs: list[NERDoc] = []
-    for line_number, line in read_lines(path):
-        line = line.replace("\ufeff", "")  # a BOM may open any concatenated part
-        if not line.strip():
-            continue
-        where = f"{path}: line {line_number}"
-        try:
-            record = expect_object(json.loads(line), where)
-        except json.JSONDecodeError as err:
-            raise DataFormatError(f"{where}: not valid JSON ({err.msg})") from None
+    for line_number, where, record in read_json_objects(path):
         text = record.get(text_key)
         spans = record.get(entities_key)
         if not isinstance(text, str):
