@@ -23,4 +23,9 @@ test: venv
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
-.PHONY: venv demo test
+# The quick loop while editing: no torchrun launches, no Slurm, nothing slow (< 3 min here).
+test-fast: venv
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q -m "not slow and not distributed and not slurm and not gpu"
+
+.PHONY: venv demo test test-fast

@@ -13,7 +13,7 @@ setup(
     include_package_data=True,
     install_requires=[
         "megatron-core==0.19.*",
-        "torch>=2.6",
+        "torch>=2.9",  # torchrun's PET_SIGNALS_TO_HANDLE: the launcher relays TERM/INT itself
         "transformers",
         "safetensors",
         "sentencepiece",
@@ -33,7 +33,9 @@ setup(
         # PyTorch extension against the installed torch. Start-up checks the pair
         # (platform/gpu_versions.py) and `chimed gpu-check` prints it.
         "gpu": ["transformer-engine[pytorch]>=2.10,<2.19", "flash-attn==2.8.3"],
-        "test": ["pytest", "ruff"],
+        "test": ["pytest", "ruff", "pyarrow"],  # pyarrow: the Parquet tests run in CI too
+        # Parquet data files (data/records.py); everything else reads JSON Lines, JSON, CSV.
+        "data": ["pyarrow"],
     },
     entry_points={"console_scripts": ["chimed=megatron_chimed.cli:main"]},
 )

@@ -8,15 +8,16 @@ vocab 39410, as many layers as the size allows) into a temp folder, then times `
 of it and each conversion, each in a fresh child process (timed after the same imports, until
 the output is on disk: synced, or fsynced and renamed into place; peak RSS = the child's
 VmHWM), `--repeat` times interleaved, keeping the fastest of each and the highest RSS. Goals:
-round trip <= 2.0x cp; peak RSS <= 4 GiB and a falling fraction of the checkpoint size as it
-grows. Everything is deleted at the end.
+round trip <= 2.5x cp; peak RSS <= 1 GiB (of which about 0.84 GiB is torch and megatron-core
+once imported, the same for every child).
 
-A round trip writes the model twice and reads it back once, so 2.0x means each direction as
-fast as `cp`. Both directions write with O_DIRECT and drop the input pages they read from disk
-(convert/direct_file.py); `cp` writes through the page cache, which on this VM (free page
-reporting) is cheap right after other pages were freed and 2-4x dearer otherwise, so `cp` runs
-twice in a row and its faster run counts: the second follows the deletion of the first one's
-copy, `cp`'s best case.
+A round trip writes the model twice and reads it back once, so 2.0x would be each direction as
+fast as `cp`. Both directions write with O_DIRECT (convert/direct_file.py); `cp` writes through
+the page cache, which on this VM (free page reporting) is cheap right after other pages were
+freed and 2-4x dearer otherwise, so `cp` runs twice in a row and its faster run counts: the
+second follows the deletion of the first one's copy, `cp`'s best case. The VM is shared, and a
+run's timings vary by +-30% with its neighbours' load: compare runs side by side, not across
+hours.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ import time
 from pathlib import Path
 
 GIB = 2**30
+GOAL_RATIO = 2.5
+GOAL_RSS_GIB = 1.0
 
 
 def synthetic_hf(out: Path, gigabytes: float) -> int:
@@ -171,9 +174,8 @@ def main() -> None:
         )
     worst_ratio = max(r["ratio_to_cp"] for r in rows)
     worst_rss = max(r["peak_rss"] for r in rows) / GIB
-    falling = all(a["rss_fraction"] > b["rss_fraction"] for a, b in zip(rows, rows[1:]))
-    print(f"peak RSS fraction falls as the checkpoint grows: {falling}; max {worst_rss:.2f} GiB")
-    print(f"RESULT round_trip_vs_cp={worst_ratio:.2f}x goal=<=2.0x")
+    print(f"peak RSS {worst_rss:.2f} GiB (goal <= {GOAL_RSS_GIB:.1f} GiB)")
+    print(f"RESULT round_trip_vs_cp={worst_ratio:.2f}x goal=<={GOAL_RATIO}x")
 
 
 if __name__ == "__main__":

@@ -88,7 +88,7 @@ def hf_tokens_per_second() -> float:
 
 def main() -> None:
     sys.path.insert(0, str(ROOT / "tests"))
-    from distributed import torchrun
+    from megatron_chimed.testing.workers import torchrun
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "bench.json"

@@ -22,7 +22,7 @@ from megatron_chimed.data.sft.config import load_data_config
 from megatron_chimed.data.sft.dataset import encode_sources
 from megatron_chimed.data.sft.packing import first_fit
 from megatron_chimed.testing.tiny_ziya import make_tiny_ziya
-from megatron_chimed.tokenizer import ZiyaTokenizer
+from megatron_chimed.tokenizer import load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 SEQ_LENGTH = 4096
@@ -34,7 +34,7 @@ def sample_lengths() -> list[int]:
     cfg = load_data_config(ROOT / "conf" / "data" / "sft_sample.yaml")
     cfg.seq_length = SEQ_LENGTH
     with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = ZiyaTokenizer(make_tiny_ziya(Path(tmp) / "tiny"))
+        tokenizer = load_tokenizer(make_tiny_ziya(Path(tmp) / "tiny"))
         samples, _ = encode_sources(cfg, tokenizer)
     return [len(ids) for ids, _ in samples]
 

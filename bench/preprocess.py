@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from megatron_chimed.data.indexed import preprocess
-from megatron_chimed.tokenizer import ZiyaTokenizer
+from megatron_chimed.tokenizer import load_tokenizer
 
 # Heavy imports (torch, megatron) stay inside main(): the tool's spawned workers re-import this
 # module, and a user's `tools/preprocess_data.py` does not pay for them either.
@@ -32,7 +32,7 @@ def main() -> None:
         texts = list(sample_texts()) * REPEAT
         src = tmp / "corpus.jsonl"
         src.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts))
-        tok = ZiyaTokenizer(hf)
+        tok = load_tokenizer(hf)
         import megatron.core.datasets.indexed_dataset  # noqa: F401  (one-time import, untimed)
 
         start = time.perf_counter()

@@ -88,7 +88,7 @@ def main() -> None:
     from megatron_chimed.platform import destroy, initialize
     from megatron_chimed.stages.cpt import PretrainStage
     from megatron_chimed.testing.tiny_ziya import SAMPLE_DATA, make_tiny_ziya
-    from megatron_chimed.tokenizer import ZiyaTokenizer
+    from megatron_chimed.tokenizer import load_tokenizer
     from megatron_chimed.training.loop import train
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -118,7 +118,7 @@ def main() -> None:
             bare += bare_loop(cfg)
             run = tmp / f"run{len(ours)}"
             cfg.run_dir = str(run)
-            train(cfg, PretrainStage(cfg, ZiyaTokenizer(hf)), None)
+            train(cfg, PretrainStage(cfg, load_tokenizer(hf)), None)
             lines = (run / "metrics.jsonl").read_text().splitlines()
             ours += [r["step_s"] for r in map(json.loads, lines)][WARMUP:]
         destroy()

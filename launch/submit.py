@@ -5,6 +5,8 @@
 All overrides reach the trainer unchanged; the launcher ones also choose how it is started.
 slurm: renders launch/slurm.sbatch into RUN_DIR/launch.sbatch and submits it with sbatch
 (prints the job id); --dry-run prints the script (or the command) and changes nothing.
+A GPU training job is planned first (`chimed plan`, on `--gpu`): one that does not fit in the
+GPU's memory is refused, in one line with the verdict and the biggest item, unless --force.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ if str(REPO) not in sys.path:  # run as a script from a checkout
 from megatron_chimed.config import CONF_DIR, ConfigError
 from megatron_chimed.launch import DEFAULT_MODULE, compose_launcher, render_sbatch
 from megatron_chimed.launch.config import LauncherConfig
+from megatron_chimed.plan.cli import DEFAULT_GPU
+from megatron_chimed.plan.gpus import GPUS
 
 
 def _absolute_run_dir(overrides: list[str], run_dir: str | None) -> tuple[list[str], str | None]:
@@ -63,6 +67,23 @@ def submit_slurm(
     return subprocess.run(cmd, check=False).returncode
 
 
+def plan_gate(overrides: list[str], gpu: str, force: bool) -> None:
+    """Refuse (exit with one line) a job whose config does not fit on `gpu`, unless `force`:
+    an out-of-memory at the first step costs the whole wait in the queue."""
+    from megatron_chimed.plan.cli import check
+
+    try:
+        fits, line = check(overrides, gpu)
+    except ValueError as err:  # the config error names its key
+        sys.exit(f"submit.py: {err}")
+    if not fits and not force:
+        sys.exit(
+            f"submit.py: {line}; `chimed plan <these overrides> --gpu {gpu}` says what to "
+            "change, --force submits anyway"
+        )
+    print(f"submit.py: {line}{'' if fits else ' (--force: submitting anyway)'}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. launcher=slurm")
@@ -71,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--module", default=DEFAULT_MODULE, help="the training module to run")
     parser.add_argument("--conf-dir", type=Path, default=CONF_DIR)
     parser.add_argument("--config-name", default="config", help="primary config in conf-dir")
+    parser.add_argument(
+        "--gpu", default=DEFAULT_GPU, choices=sorted(GPUS), help="slurm GPU jobs: plan on this GPU"
+    )
+    parser.add_argument("--force", action="store_true", help="submit even if the plan says no fit")
     args = parser.parse_args(argv)
 
     # The trainer's whole config is checked before it is queued; another module's keys are its own.
@@ -80,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ConfigError as err:
         sys.exit(f"submit.py: {err}")
+    trainer = args.module == DEFAULT_MODULE and args.config_name == "config"
+    if cfg.kind == "slurm" and cfg.gpus_per_node and trainer and args.conf_dir == CONF_DIR:
+        plan_gate(list(args.overrides), args.gpu, args.force)
     overrides, run_dir = _absolute_run_dir(list(args.overrides), run_dir)
     if cfg.kind == "slurm":
         return submit_slurm(cfg, overrides, args.module, run_dir, args.dry_run, args.wait)

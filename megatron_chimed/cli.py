@@ -7,6 +7,7 @@ same line on a laptop and inside an sbatch script.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from megatron_chimed.launch.torchrun import torchrun
@@ -19,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("megatron_chimed.eval.cli", "the paper's evaluation tasks"),
     "smoke": ("megatron_chimed.smoke", "build the model, one forward/backward"),
     "gpu-check": ("megatron_chimed.gpu_check.cli", "GPU acceptance check of a new node"),
+    "plan": ("megatron_chimed.plan.cli", "does a config fit on a GPU, how fast: before sbatch"),
+    "plot": ("megatron_chimed.plot", "loss curves of any runs (metrics.jsonl) in one PNG"),
 }
 
 UNDER_TORCHRUN = {"train", "smoke"}  # entry points that expect torchrun's environment
@@ -37,7 +40,20 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """Dispatch; a config error is one line naming the key (CHIMED_DEBUG=1: the traceback)."""
+    from megatron_chimed.config import ConfigError
+
+    try:
+        return _dispatch(sys.argv[1:] if argv is None else argv)
+    except ConfigError as err:
+        if os.environ.get("CHIMED_DEBUG"):
+            raise
+        command = (argv or sys.argv[1:] or ["?"])[0]
+        print(f"chimed {command}: {err}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0 if argv else 2
@@ -58,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     if command in UNDER_TORCHRUN:
         from megatron_chimed.config import load
 
-        return torchrun(COMMANDS[command][0], _world_for(load(rest)), rest)
+        world = _world_for(load(rest))
+        return torchrun(COMMANDS[command][0], world, rest, preemptible=command == "train")
     return int(importlib.import_module(COMMANDS[command][0]).main(rest) or 0)
 
 

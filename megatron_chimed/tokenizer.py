@@ -1,8 +1,14 @@
-"""The Ziya tokenizer: a sentencepiece BPE model plus added tokens (`<human>`, `<bot>`).
+"""Text <-> ids for every stage (pre-processing, SFT templates, reward model, generation,
+evaluation), from a tokenizer folder: `load_tokenizer(directory)`.
 
-One wrapper for every stage (pre-processing, SFT templates, reward model, generation,
-evaluation). It reads the files a Ziya / ChiMed-GPT HF folder ships (`tokenizer.model`,
-`added_tokens.json`) and nothing else, so no `transformers` tokenizer class is involved.
+- `tokenizer.model` (+ `added_tokens.json`): `ZiyaTokenizer`, sentencepiece plus added tokens
+  (`<human>`, `<bot>`), the files a Ziya / ChiMed-GPT folder ships. It wins when both kinds
+  are present, so Ziya keeps exactly the ids it was trained with.
+- `tokenizer.json` only (what transformers 5 saves): `fast_tokenizer.FastTokenizer`, the
+  `tokenizers` library, with the special tokens named in `tokenizer_config.json` /
+  `special_tokens_map.json`.
+
+Both read local files only; no `transformers` tokenizer class and no remote code is involved.
 """
 
 from __future__ import annotations
@@ -11,10 +17,54 @@ import json
 import re
 from functools import cached_property
 from pathlib import Path
+from typing import Protocol
 
 import sentencepiece as spm
 
+from megatron_chimed.fast_tokenizer import FastTokenizer, read_chat_template
+
 HUMAN, BOT = "<human>", "<bot>"
+#: The files that make a tokenizer, in the order `load_tokenizer` prefers them.
+SOURCES = ("tokenizer.model", "tokenizer.json")
+
+
+class Tokenizer(Protocol):
+    """What every stage uses of a tokenizer; `ZiyaTokenizer` and `FastTokenizer` provide it."""
+
+    directory: Path
+    vocab_size: int
+    bos: int
+    eos: int
+    eod: int
+    pad: int
+    unique_identifiers: dict[str, str]
+    #: jinja variables of a chat template: `bos_token`, `eos_token`, ... -> their text
+    special_tokens: dict[str, str]
+    #: the text of every control token (an end of turn is one of them)
+    special_strings: tuple[str, ...]
+    chat_template: str | None
+
+    def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]: ...
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]: ...
+
+    def decode(self, ids: list[int], skip_special: bool = True) -> str: ...
+
+    def token_to_id(self, token: str) -> int | None: ...
+
+
+def has_tokenizer(directory: str | Path) -> bool:
+    return any((Path(directory) / name).is_file() for name in SOURCES)
+
+
+def load_tokenizer(directory: str | Path) -> Tokenizer:
+    """The tokenizer of a folder: sentencepiece `tokenizer.model` first, else `tokenizer.json`."""
+    directory = Path(directory)
+    if (directory / "tokenizer.model").is_file():
+        return ZiyaTokenizer(directory)
+    if (directory / "tokenizer.json").is_file():
+        return FastTokenizer(directory)
+    raise FileNotFoundError(f"{directory}: no tokenizer.model or tokenizer.json there")
 
 
 class ZiyaTokenizer:
@@ -69,11 +119,40 @@ class ZiyaTokenizer:
 
     @property
     def human(self) -> int:
-        return self.added[HUMAN]
+        return self._tag(HUMAN)
 
     @property
     def bot(self) -> int:
-        return self.added[BOT]
+        return self._tag(BOT)
+
+    def _tag(self, tag: str) -> int:
+        if tag not in self.added:
+            raise KeyError(f"{self.directory / 'added_tokens.json'}: no {tag} token")
+        return self.added[tag]
+
+    def token_to_id(self, token: str) -> int | None:
+        """The id of `token` as one piece or added token; None when it has none."""
+        if token in self.added:
+            return self.added[token]
+        idx = self.sp.piece_to_id(token)
+        # sentencepiece answers `<unk>`'s id for any unknown piece.
+        return idx if idx != self.sp.unk_id() or token == self.sp.id_to_piece(idx) else None
+
+    @cached_property
+    def special_tokens(self) -> dict[str, str]:
+        return {
+            "bos_token": self.sp.id_to_piece(self.bos),
+            "eos_token": self.sp.id_to_piece(self.eos),
+            "unk_token": self.sp.id_to_piece(self.sp.unk_id()),
+        }
+
+    @property
+    def special_strings(self) -> tuple[str, ...]:
+        return tuple(self.special_tokens.values())
+
+    @cached_property
+    def chat_template(self) -> str | None:
+        return read_chat_template(self.directory)
 
     @cached_property
     def unique_identifiers(self) -> dict[str, str]:
@@ -81,11 +160,15 @@ class ZiyaTokenizer:
         model_bytes = (self.directory / "tokenizer.model").read_bytes()
         import hashlib
 
-        return {
+        found = {
             "class": type(self).__name__,
             "sha1": hashlib.sha1(model_bytes).hexdigest(),
             "added": json.dumps(self.added, sort_keys=True),
         }
+        if self.chat_template is not None:
+            # Only when there is one: Ziya folders have none, and their cache keys stay put.
+            found["chat_template"] = hashlib.sha1(self.chat_template.encode()).hexdigest()
+        return found
 
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
         ids: list[int] = [self.bos] if bos else []

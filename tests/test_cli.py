@@ -28,3 +28,12 @@ def test_unknown_command_and_bare_call(capsys: pytest.CaptureFixture) -> None:
     assert "unknown command 'trian'" in capsys.readouterr().err
     assert cli.main([]) == 2
     assert "gpu-check" in capsys.readouterr().out
+
+
+def test_a_config_error_is_one_line_naming_the_key(
+    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CHIMED_DEBUG", raising=False)
+    assert cli.main(["train", "stage=rm", "data.colums={prompt: q}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("chimed train: config key 'data.colums':") and err.count("\n") == 1

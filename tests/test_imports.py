@@ -80,9 +80,10 @@ def test_the_cycle_finder_finds_one() -> None:
 
 
 def test_the_schema_is_a_leaf_without_torch() -> None:
-    """config/schema.py and config/stages.py import nothing of ours outside megatron_chimed.config,
-    and importing the config package loads no torch (the Slurm login node reads configs)."""
-    for name in ("schema.py", "stages.py"):
+    """config/schema.py, config/stages.py and config/eval.py import nothing of ours outside
+    megatron_chimed.config, and importing the config package loads no torch (the Slurm login
+    node reads configs)."""
+    for name in ("schema.py", "stages.py", "eval.py"):
         tree = ast.parse((PACKAGE / "config" / name).read_text())
         ours = [m for m in _imports(tree) if m.startswith("megatron")]
         assert all(m.startswith("megatron_chimed.config") for m in ours), (name, ours)
@@ -91,3 +92,17 @@ def test_the_schema_is_a_leaf_without_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_no_test_imports_another_test_file() -> None:
+    """Tests share helpers through megatron_chimed/testing/ (or conftest fixtures), never by
+    importing each other: a test file's imports may name no module that lives under tests/."""
+    tests = PACKAGE.parent / "tests"
+    local = {"tests"} | {p.stem for p in tests.rglob("*.py")}
+    local |= {p.name for p in tests.rglob("*") if p.is_dir()}
+    offenders = {
+        str(path.relative_to(tests)): sorted(hit)
+        for path in tests.rglob("*.py")
+        if (hit := {m.split(".")[0] for m in _imports(ast.parse(path.read_text()))} & local)
+    }
+    assert offenders == {}

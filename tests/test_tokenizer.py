@@ -1,21 +1,81 @@
-"""The Ziya tokenizer wrapper and the tiny Ziya checkpoint built for tests."""
+"""The Ziya tokenizer wrapper, `load_tokenizer`, and the tiny Ziya checkpoint built for tests."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from megatron_chimed.testing.tiny_ziya import TINY, make_tiny_ziya
-from megatron_chimed.tokenizer import ZiyaTokenizer
+from megatron_chimed.fast_tokenizer import FastTokenizer
+from megatron_chimed.testing.tiny_ziya import TINY, make_tiny_ziya, sample_texts
+from megatron_chimed.tokenizer import ZiyaTokenizer, load_tokenizer
 
 TEXTS = [
     "<human>:高血压患者每天吃多少盐？\n<bot>:每日食盐不超过5克。",
     "孩子发烧38.6℃需要吃药吗？<bot> 建议多喝水",
     "abc<human><bot>x",
 ]
+
+
+# The ids the sentencepiece path gave before HF fast tokenizers were added: Ziya's ids must not
+# move, since every converted checkpoint and cached dataset depends on them.
+PINNED = {
+    TEXTS[0]: [1, 1998, 61, 587, 262, 600, 1115, 895, 1034, 1246, 932, 877, 1999, 61, 827, 934]
+    + [1246, 891, 641, 1064, 1284, 865],
+    TEXTS[2]: [1, 871, 1848, 101, 102, 1998, 1999, 123],
+}
+SAMPLE_IDS_SHA256 = "d6e92f7438b51d29ada7ad9fef8fed38b91c8a1c7854b087f1195f82119b5db7"
+SAMPLE_BATCH_SHA256 = "93ff8ccbd50ffcb1a0446c4c6e76f61754068dced48ee9a2009bd875f63ba886"
+
+
+def sha256_of(ids: list[list[int]]) -> str:
+    return hashlib.sha256(json.dumps(ids).encode()).hexdigest()
+
+
+def test_sentencepiece_ids_are_pinned(tiny_ziya: Path) -> None:
+    tok = load_tokenizer(tiny_ziya)
+    assert type(tok) is ZiyaTokenizer
+    for text, ids in PINNED.items():
+        assert tok.encode(text, bos=True) == ids
+    texts = list(sample_texts())
+    encoded = [tok.encode(t, bos=True, eos=True) for t in texts]
+    assert (len(texts), sum(map(len, encoded))) == (365, 14692)
+    assert sha256_of(encoded) == SAMPLE_IDS_SHA256
+    assert sha256_of(tok.encode_batch(texts)) == SAMPLE_BATCH_SHA256
+
+
+def test_load_tokenizer_picks_the_file_it_finds(
+    tiny_ziya: Path, tiny_ziya_json: Path, tmp_path: Path
+) -> None:
+    assert sorted(p.name for p in tiny_ziya_json.iterdir()) == [
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
+    assert type(load_tokenizer(tiny_ziya_json)) is FastTokenizer
+    both = Path(shutil.copytree(tiny_ziya_json, tmp_path / "both"))
+    for name in ("tokenizer.model", "added_tokens.json"):
+        shutil.copy(tiny_ziya / name, both / name)
+    assert type(load_tokenizer(both)) is ZiyaTokenizer  # sentencepiece wins: Ziya's ids stay
+    with pytest.raises(FileNotFoundError, match=r"empty: no tokenizer\.model or tokenizer\.json"):
+        load_tokenizer(tmp_path / "empty")
+
+
+def test_ziya_tokens_and_template_file(tiny_ziya: Path, tmp_path: Path) -> None:
+    tok = ZiyaTokenizer(tiny_ziya)
+    assert [tok.token_to_id(t) for t in ("<human>", "<s>", "</s>", "<nope>")] == [1998, 1, 2, None]
+    assert tok.special_tokens == {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+    assert tok.chat_template is None
+    # The dataset cache key of a Ziya folder is what it was: no chat template, no new field.
+    assert sorted(tok.unique_identifiers) == ["added", "class", "sha1"]
+    folder = Path(shutil.copytree(tiny_ziya, tmp_path / "ziya"))
+    (folder / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
+    templated = ZiyaTokenizer(folder)
+    assert templated.chat_template == "{{ messages[0]['content'] }}"
+    assert templated.unique_identifiers != tok.unique_identifiers
 
 
 def test_vocab_is_not_a_multiple_of_128(tiny_ziya: Path) -> None:

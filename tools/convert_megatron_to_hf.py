@@ -3,7 +3,8 @@
 
 python tools/convert_megatron_to_hf.py --megatron DIR --out DIR [--max-shard-size 5GB]
 
---megatron is a checkpoint root (follows `latest`) or one iter_* folder. The output has
+--megatron is a checkpoint root (follows `latest`) or one iter_* folder, ours or one written by
+Megatron-LM or Megatron-Bridge (follows their latest_checkpointed_iteration.txt). The output has
 safetensors shards + index, config.json, generation_config.json and the tokenizer files;
 `transformers` and vLLM load it. Runs in one process with bounded memory, without torchrun.
 """

@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--input", nargs="+", required=True, help="JSONL files (CMD: `text`)")
     ap.add_argument("--output-prefix", required=True)
-    ap.add_argument("--tokenizer", required=True, help="folder with tokenizer.model (+ added)")
+    ap.add_argument("--tokenizer", required=True, help="tokenizer.model or tokenizer.json folder")
     ap.add_argument("--json-keys", nargs="+", default=["text"])
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--skip-bad", action="store_true", help="count malformed lines, go on")

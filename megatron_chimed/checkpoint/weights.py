@@ -6,6 +6,7 @@ runs at. Checkpoint keys do not depend on the layer spec: megatron-core's local 
 norms under the Transformer Engine names (`sharded_state_dict_keys_map`), so a checkpoint made
 on a CPU machine (local spec) loads into a TE model on GPUs and back. `_extra_state` entries
 (TE's FP8 scaling state, empty on the local spec) are not weights and are not loaded here.
+Non-tensor items are read with the weights-only unpickler (checkpoint/safe_load.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from megatron_chimed.checkpoint import safe_load
 from megatron_chimed.checkpoint.layout import (
     iteration_dir,
     read_metadata,
@@ -66,7 +68,9 @@ def load_model_weights(model: torch.nn.Module, path: str | os.PathLike) -> dict[
         for name, sharded in gpt.sharded_state_dict().items()
         if not name.endswith(EXTRA_STATE)
     }
-    loaded = dist_checkpointing.load({"model": request}, str(ckpt))["model"]
+    safe_load.read_index(ckpt)  # refused before megatron unpickles it
+    with safe_load.no_pickled_code(ckpt):
+        loaded = dist_checkpointing.load({"model": request}, str(ckpt))["model"]
     missing, unexpected = gpt.load_state_dict(loaded, strict=False)
     not_loaded = [name for name in missing if not name.endswith(EXTRA_STATE)]
     if not_loaded or unexpected:

@@ -1,11 +1,12 @@
-"""The run configuration: `schema` (every config dataclass; no torch) and `load` (compose with
-Hydra, validate, errors naming the key)."""
+"""The run configuration: `schema` (every config dataclass; no torch), `eval` (the eval tasks'
+dataclasses) and `load` (compose with Hydra, validate, errors naming the key)."""
 
 from megatron_chimed.config.load import (
     CONF_DIR,
     ConfigError,
     compose,
-    eval_task_keys,
+    eval_section,
+    eval_task,
     load,
     validate,
 )
@@ -17,7 +18,8 @@ __all__ = [
     "ConfigError",
     "RunConfig",
     "compose",
-    "eval_task_keys",
+    "eval_section",
+    "eval_task",
     "load",
     "validate",
 ]

@@ -113,6 +113,67 @@ class ParallelConfig:
     tensor_model_parallel_size: int = 1
     sequence_parallel: bool = False
     use_distributed_optimizer: bool = True
+    # megatron DDP's communication (DistributedDataParallelConfig). On by default as in
+    # Megatron-Bridge's Llama recipes (recipes/llama/llama2.py: overlap_grad_reduce and
+    # overlap_param_gather with the distributed optimizer). overlap_param_gather is
+    # moot without use_distributed_optimizer (it overlaps that optimizer's param all-gather).
+    overlap_grad_reduce: bool = True
+    overlap_param_gather: bool = True
+    # Launch the param all-gathers of all pipeline stages together; only pipeline parallelism
+    # reads it (we have none). Off: megatron-core's DistributedDataParallelConfig default.
+    align_param_gather: bool = False
+    # DDP bucket in elements; null: megatron's max(40M, 1M x DP) when overlapping grad reduce.
+    bucket_size: int | None = None
+    # Fuse the weight-gradient GEMM into the fp32 main_grad accumulation (Megatron-LM's
+    # default, --no-gradient-accumulation-fusion turns it off). GPU only: the output layer needs
+    # Apex's fused_weight_gradient_mlp_cuda; a GPU run without it is an error, never a fallback.
+    gradient_accumulation_fusion: bool = True
+    # Activation recompute (TransformerConfig): null | selective (core attention) | full, with
+    # recompute_method uniform | block and recompute_num_layers (full only).
+    recompute_granularity: str | None = None
+    recompute_method: str | None = None
+    recompute_num_layers: int | None = None
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the key for a combination megatron cannot run."""
+        if self.bucket_size is not None and self.bucket_size < 1:
+            raise ValueError(f"parallel.bucket_size={self.bucket_size} must be >= 1 (or null)")
+        granularity = self.recompute_granularity
+        method, layers = self.recompute_method, self.recompute_num_layers
+        if granularity not in RECOMPUTE_GRANULARITIES:
+            raise ValueError(
+                f"parallel.recompute_granularity={granularity!r}: expected null, selective or full"
+            )
+        if method is not None and method not in RECOMPUTE_METHODS:
+            raise ValueError(
+                f"parallel.recompute_method={method!r}: expected {' or '.join(RECOMPUTE_METHODS)}"
+            )
+        if granularity == "full":
+            if method is None:
+                raise ValueError(
+                    "parallel.recompute_method is required with recompute_granularity=full: "
+                    "uniform or block"
+                )
+            if layers is None or layers < 1:
+                raise ValueError(
+                    f"parallel.recompute_num_layers={layers} must be >= 1 with "
+                    "recompute_granularity=full"
+                )
+        else:  # selective recomputes core attention in every layer; none recomputes nothing
+            for key, value in (("recompute_method", method), ("recompute_num_layers", layers)):
+                if value is not None:
+                    raise ValueError(
+                        f"parallel.{key}={value!r} is only read with recompute_granularity=full "
+                        f"(it is {granularity!r}): set it to null"
+                    )
+
+
+# megatron-core's TransformerConfig values (transformer/transformer_config.py).
+RECOMPUTE_GRANULARITIES = (None, "selective", "full")
+RECOMPUTE_METHODS = ("uniform", "block")
 
 
 KINDS = ("local", "torchrun", "slurm")
@@ -223,6 +284,21 @@ class TrainingConfig:
     tensorboard: bool = True
     tokenizer: str | None = None  # default: the tokenizer/ of checkpoint.load
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the key for a value the loop cannot run with (a zero
+        interval or batch divides by zero after the first step; zero iterations does nothing)."""
+        at_least = {"seq_length": 1, "micro_batch_size": 1, "global_batch_size": 1,
+                    "train_iters": 1, "log_interval": 1, "eval_interval": 0, "eval_iters": 0,
+                    "dataloader_workers": 0}  # fmt: skip
+        for key, low in at_least.items():
+            if getattr(self, key) < low:
+                raise ValueError(f"training.{key}={getattr(self, key)} must be >= {low}")
+        if self.exit_after is not None and self.exit_after < 1:
+            raise ValueError(f"training.exit_after={self.exit_after} must be >= 1 (or null)")
+
     def num_microbatches(self, data_parallel: int) -> int:
         per_step = self.micro_batch_size * data_parallel
         if self.global_batch_size % per_step:
@@ -276,6 +352,8 @@ class PipelineConfig:
     nproc_per_node: int = 2
     # JSONL files (CMD pre-train schema, `text`) that CPT trains on after preprocessing.
     pretrain_files: list[str] = field(default_factory=_sample_pretrain)
+    # The JSON field holding each document's text (preprocess's --json-keys), e.g. "content".
+    pretrain_text_field: str = "text"
     preprocess_workers: int = 2
     # The `data` config group of a training stage; a stage not named here uses its demo data
     # (megatron_chimed/stages STAGES: cpt sample, sft sft_sample, rm reward_sample, rs sft_sample).
@@ -301,17 +379,40 @@ def check_optimizer_format(value: str, key: str = "checkpoint.optimizer_format")
     return value
 
 
+# What a start does with a checkpoint whose files do not match its manifest.json.
+ON_CORRUPT = ("fallback", "refuse")
+
+
 @dataclass
 class CheckpointConfig:
     """`conf/checkpoint/*.yaml`. Saves go to `run_dir/checkpoints`."""
 
     load: str | None = None  # weights-only start (converted HF / previous stage); no resume
-    save_interval: int = 1000  # iterations; a checkpoint is also written at the end
-    keep_last: int | None = None  # prune older iter_* folders (None: keep all)
+    # Iterations between checkpoints; 0: none on the way. One is also written at the end, at
+    # `training.exit_after` and on preemption.
+    save_interval: int = 1000
+    keep_last: int | None = None  # prune older iter_* folders (None or 0: keep all)
     optimizer_format: str = "dp_reshardable"  # how saves store the optimizer (checkpointing.py)
+    # A checkpoint whose files fail their checksums (checkpoint/verified.py): `fallback` warns
+    # naming the file and reads the previous complete one; `refuse` stops naming the file.
+    on_corrupt: str = "fallback"
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the key."""
         check_optimizer_format(self.optimizer_format)
+        if self.save_interval < 0:
+            raise ValueError(
+                f"checkpoint.save_interval={self.save_interval} must be >= 0 (0: only at the end)"
+            )
+        if self.keep_last is not None and self.keep_last < 0:
+            raise ValueError(
+                f"checkpoint.keep_last={self.keep_last} must be >= 1 (null or 0: keep all)"
+            )
+        if self.on_corrupt not in ON_CORRUPT:
+            raise ValueError(f"checkpoint.on_corrupt={self.on_corrupt!r}: expected {ON_CORRUPT}")
 
 
 @dataclass
@@ -322,7 +423,9 @@ class RunConfig:
     precision: str = "bf16"
     seed: int = 1234
     run_dir: str = "runs/default"
-    eval: Any = None  # the eval group (megatron_chimed/eval validates its own tasks)
+    # The eval group. Its shape depends on the task kind (or a suite of them), so Hydra composes
+    # it untyped; load.validate replaces it with config/eval.py's dataclasses.
+    eval: Any = None
     stage: str | None = None  # set by conf/stage/<name>.yaml: a key of stages.STAGES
     training: TrainingConfig = field(default_factory=TrainingConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

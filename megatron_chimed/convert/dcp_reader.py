@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from megatron_chimed.checkpoint.safe_load import read_index
 from megatron_chimed.convert.buffers import Buffer, nbytes, read_exact
 from megatron_chimed.convert.splice import RowBlock, RowSource, row_bytes
 from megatron_chimed.convert.zip_records import record_data_start, storage_records
@@ -68,10 +69,9 @@ class CheckpointReader:
     """The tensors of one torch_dist checkpoint folder, by sharded key."""
 
     def __init__(self, ckpt_dir: Path) -> None:
-        from torch.distributed.checkpoint import FileSystemReader
-
         self.directory = Path(ckpt_dir)
-        metadata = FileSystemReader(str(ckpt_dir)).read_metadata()
+        # The index unpickled without running stored code (what PyTorch's reader would do).
+        metadata = read_index(ckpt_dir)
         self.tensors = metadata.state_dict_metadata
         self.chunks: dict[str, list] = {}
         for index, info in metadata.storage_data.items():

@@ -12,6 +12,7 @@ behave) like 26 GB of RAM.
 from __future__ import annotations
 
 import json
+import os
 import struct
 import zipfile
 from dataclasses import dataclass
@@ -200,6 +201,12 @@ def _safetensors_infos(path: Path) -> dict[str, TensorInfo]:
         if len(head) != 8:
             raise ValueError(f"{path}: not a safetensors file (too short)")
         (length,) = struct.unpack("<Q", head)
+        size = os.fstat(f.fileno()).st_size
+        if length > size - 8:  # a damaged file would make the read below try to allocate it
+            raise ValueError(
+                f"{path}: not a safetensors file (its header claims {length} bytes; the file "
+                f"has {size})"
+            )
         try:
             header = json.loads(f.read(length))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -225,7 +232,9 @@ def _bin_infos(path: Path) -> dict[str, TensorInfo]:
     zip record's offset (zip_records.py). So the mapping's address is that of the storage that
     starts first minus the first record's offset, and a tensor's offset in the file is its
     address minus the mapping's. Both ends of every tensor are compared with the file; any
-    doubt leaves the offset out, and that tensor is read through torch.load instead.
+    doubt leaves the offset out, and that tensor is read through torch.load instead. (Without
+    the ranges a `.bin` model, Ziya's own format, cannot be spliced: measured on a 13B-shaped
+    one, peak RSS 1.97 GiB instead of 0.87.)
     """
     shard = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     with open(path, "rb") as f:

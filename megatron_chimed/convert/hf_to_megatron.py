@@ -2,7 +2,8 @@
 
 The result is the layout every training stage uses (`megatron_chimed/checkpoint/layout.py`):
 OUT/iter_0000000/ (weights under the "model" state-dict key, as a TP=1 GPTModel names and
-shapes them, which megatron reshards to any TP at load), OUT/tokenizer/, OUT/latest.
+shapes them, which megatron reshards to any TP at load), OUT/tokenizer/, OUT/latest, and what
+Megatron-LM and Megatron-Bridge read (checkpoint/interop.py).
 """
 
 from __future__ import annotations
@@ -16,27 +17,29 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from megatron_chimed.checkpoint.layout import iteration_dir, write_latest, write_metadata
+from megatron_chimed.checkpoint import interop
+from megatron_chimed.checkpoint.layout import (
+    TOKENIZER,
+    copy_tokenizer,
+    iteration_dir,
+    write_latest,
+    write_metadata,
+)
 from megatron_chimed.convert.buffers import Buffer, nbytes
 from megatron_chimed.convert.hf_folder import HFCheckpoint
 from megatron_chimed.convert.mapping import Entry
 from megatron_chimed.convert.splice import (
     RowBlock,
     RowSource,
-    Segment,
-    SplicingFileSystem,
+    Spliced,
     num_rows,
     row_bytes,
     segments,
     to_megatron_runs,
 )
 from megatron_chimed.convert.staging import check_output, staged_output
-from megatron_chimed.convert.streaming_save import (
-    Placeholders,
-    save_streaming,
-    single_process_group,
-)
-from megatron_chimed.convert.tokenizer_files import check_tokenizer, copy_tokenizer
+from megatron_chimed.convert.streaming_save import Planned, save_streaming, single_process_group
+from megatron_chimed.convert.tokenizer_files import check_tokenizer
 
 # The names the converter writes are the TE spec's; megatron-core's local spec saves and loads
 # the same keys, so a converted checkpoint loads into either.
@@ -44,11 +47,11 @@ CHECKPOINT_KEY_SPEC = "transformer_engine"
 
 
 def megatron_sharded_state_dict(
-    hf: HFCheckpoint, dtype: torch.dtype, on_tensor: tqdm, files: SplicingFileSystem
+    hf: HFCheckpoint, dtype: torch.dtype, on_tensor: tqdm
 ) -> tuple[dict, dict]:
     """The sharded state dict a TP=1 GPTModel of this shape saves, with placeholders for data,
-    and the producers that build each tensor from the HF shards when it is written (as byte
-    ranges `files` copies, where the HF tensors allow it: see splice.py)."""
+    and the plan: each chunk's size and what builds it from the HF shards when it is written
+    (as byte ranges of the HF files, where the HF tensors allow it: see splice.py)."""
     from megatron.core.dist_checkpointing import ShardedObject, ShardedTensor
 
     model, mapping = hf.model, hf.mapping
@@ -56,14 +59,14 @@ def megatron_sharded_state_dict(
     sharded: dict = {}
     producers = {}
     work: tuple[Buffer, Buffer] | None = None
-    spliced = Buffer(max(nbytes(e.megatron_shape(model), dtype) for e, _ in mapping.entries(model)))
-    placeholder = Placeholders(
-        [(entry.megatron_shape(model), dtype) for entry, _ in mapping.entries(model)]
-    )
+    # One never-written buffer stands in for every tensor's data (streaming_save.py): its
+    # pages are reserved, not touched, so they never count in RSS.
+    shapes = [(entry.megatron_shape(model), dtype) for entry, _ in mapping.entries(model)]
+    placeholder = Buffer(max(nbytes(shape, dtype) for shape, dtype in shapes))
     for entry, layer in mapping.entries(model):
         key = mapping.checkpoint_key(entry, layer)
         shape = entry.megatron_shape(model)
-        data = placeholder(shape, dtype)
+        data = placeholder.tensor(shape, dtype)
         if layer is None:
             sharded[key] = ShardedTensor.from_rank_offsets(key, data, replica_id=0)
             offset = (0,) * len(shape)
@@ -80,13 +83,12 @@ def megatron_sharded_state_dict(
             )
         sources = _row_sources(hf, mapping.hf_names(entry, layer), dtype)
         if sources is not None:
-            runs = to_megatron_runs(entry, model)
-            producers[(key, offset)] = partial(
-                _splice, files, spliced.tensor(shape, dtype), segments(runs, sources), on_tensor
-            )
-            continue
-        work = work or _workspace(hf)
-        producers[(key, offset)] = partial(_produce, hf, entry, layer, dtype, on_tensor, work)
+            spliced = Spliced(shape, dtype, segments(to_megatron_runs(entry, model), sources))
+            produce = partial(_counted, spliced, on_tensor)
+        else:
+            work = work or _workspace(hf)
+            produce = partial(_produce, hf, entry, layer, dtype, on_tensor, work)
+        producers[(key, offset)] = Planned(nbytes(shape, dtype), produce)
     return sharded, producers
 
 
@@ -102,11 +104,9 @@ def _row_sources(hf: HFCheckpoint, names: tuple[str, ...], dtype: torch.dtype) -
     ]
 
 
-def _splice(
-    files: SplicingFileSystem, placeholder: torch.Tensor, segs: list[Segment], bar: tqdm
-) -> torch.Tensor:
-    bar.update(sum(length for path, _, length in segs if path is not None))
-    return files.expect(placeholder, segs)
+def _counted(spliced: Spliced, bar: tqdm) -> Spliced:
+    bar.update(sum(length for path, _, length in spliced.segments if path is not None))
+    return spliced
 
 
 def _workspace(hf: HFCheckpoint) -> tuple[Buffer, Buffer]:
@@ -186,12 +186,13 @@ def hf_to_megatron(
         staged_output(out, overwrite) as tmp,
         single_process_group(),
     ):
-        files = SplicingFileSystem()
-        sharded, producers = megatron_sharded_state_dict(hf, dtype, bar, files)
+        sharded, producers = megatron_sharded_state_dict(hf, dtype, bar)
         ckpt = iteration_dir(tmp, 0)
-        save_streaming({"model": sharded}, producers, ckpt, files)
-        write_metadata(ckpt, metadata)
+        save_streaming({"model": sharded}, producers, ckpt)
         if has_tokenizer:
-            copy_tokenizer(hf.directory, tmp / "tokenizer")
+            copy_tokenizer(hf.directory, tmp / TOKENIZER)
+        # Megatron-LM's args and Megatron-Bridge's run_config.yaml beside chimed.json, naming
+        # the final folder (tmp is renamed to `out`).
+        write_metadata(ckpt, interop.write(ckpt, metadata, root=out))
         write_latest(tmp, 0)
     return out

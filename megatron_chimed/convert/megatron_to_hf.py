@@ -1,7 +1,8 @@
 """Megatron dist checkpoint -> HF safetensors folder, one tensor in RAM at a time.
 
 Works on converted and trained checkpoints alike (only the model weights are read; optimizer
-state is ignored). Vocab padding is trimmed back to the model's true vocabulary.
+state is ignored), and on Megatron-LM's and Megatron-Bridge's (checkpoint/foreign.py). Vocab
+padding is trimmed back to the model's true vocabulary.
 """
 
 from __future__ import annotations
@@ -14,7 +15,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from megatron_chimed.checkpoint.layout import METADATA, TOKENIZER, read_metadata, resolve
+from megatron_chimed.checkpoint.layout import (
+    METADATA,
+    copy_tokenizer,
+    read_metadata,
+    resolve,
+)
+from megatron_chimed.checkpoint.layout import tokenizer_dir as layout_tokenizer_dir
 from megatron_chimed.config.schema import ModelConfig
 from megatron_chimed.convert.buffers import Buffer
 from megatron_chimed.convert.dcp_reader import CheckpointReader, largest_tensor
@@ -24,7 +31,7 @@ from megatron_chimed.convert.safetensors_writer import Plan, write_safetensors_s
 from megatron_chimed.convert.splice import Spliced, segments, to_hf_runs
 from megatron_chimed.convert.staging import check_output, staged_output
 from megatron_chimed.convert.streaming_save import single_process_group
-from megatron_chimed.convert.tokenizer_files import check_tokenizer, copy_tokenizer
+from megatron_chimed.convert.tokenizer_files import check_tokenizer
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9
 MODEL_KEY_PREFIXES = ("embedding.", "decoder.", "output_layer.", "value_head.")
@@ -112,7 +119,7 @@ def megatron_to_hf(
             raise KeyError(f"{where}: key {key!r} missing")
     model = ModelConfig(**metadata["model"])
     mapping = mapping_for(metadata["architecture"], where)
-    tokenizer_dir = ckpt_dir.parent / TOKENIZER
+    tokenizer_dir = layout_tokenizer_dir(ckpt_dir, metadata)  # ours, or Bridge's in iter_N/
     has_tokenizer = check_tokenizer(tokenizer_dir, model, where)
     from megatron.core import dist_checkpointing
 

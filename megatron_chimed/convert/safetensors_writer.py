@@ -4,7 +4,8 @@
 simple enough to stream: an 8-byte little-endian header length, a JSON header giving every
 tensor's dtype, shape and byte range, then the raw bytes in that order. Shapes are known from
 the config before any tensor exists, so each shard's header is written first and the tensors
-are appended as they arrive.
+are appended as they arrive. A `WriteLedger` checks at the end that every planned tensor was
+written once, with its size.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from megatron_chimed.convert.buffers import nbytes
 from megatron_chimed.convert.direct_file import DirectFile
 from megatron_chimed.convert.splice import Spliced
+from megatron_chimed.convert.staging import WriteLedger
 
 DTYPE_NAMES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}
 INDEX_FILE = "model.safetensors.index.json"
@@ -65,7 +67,11 @@ def write_safetensors_shards(
     max_shard_bytes: int,
 ) -> list[Path]:
     """Write `tensors` (arriving in `plan` order) as `model-0000K-of-0000N.safetensors`;
-    a `Spliced` one is copied from its byte ranges (splice.py)."""
+    a `Spliced` one is copied from its byte ranges (splice.py). Raises naming any tensor of
+    `plan` that was not written, once, with its size."""
+    ledger = WriteLedger(str(out_dir))
+    for name, shape, dtype in plan:
+        ledger.plan(name, nbytes(shape, dtype))
     shards = split_into_shards(plan, max_shard_bytes)
     weight_map: dict[str, str] = {}
     paths = []
@@ -74,18 +80,26 @@ def write_safetensors_shards(
         with DirectFile(out_dir / file) as f:
             f.write(_header(shard))
             for name, shape, dtype in shard:
-                got_name, tensor = next(tensors)
+                got_name, tensor = next(tensors, (None, None))
+                if tensor is None:
+                    raise ValueError(f"{file}: no tensor arrived for {name}")
                 if got_name != name or tuple(tensor.shape) != shape or tensor.dtype != dtype:
                     raise ValueError(
                         f"{file}: expected {name} {list(shape)} {dtype}, got {got_name} "
                         f"{list(tensor.shape)} {tensor.dtype}"
                     )
+                start = f.tell()
                 if isinstance(tensor, Spliced):
                     f.copy_segments(tensor.segments)
                 else:
                     f.write(tensor.contiguous().reshape(-1).view(torch.uint8).numpy())
+                ledger.record(name, f.tell() - start)
                 weight_map[name] = file
         paths.append(out_dir / file)
+    ledger.check()
+    extra = next(tensors, None)
+    if extra is not None:
+        raise ValueError(f"{out_dir}: tensor {extra[0]} arrived after the planned ones")
     total = sum(nbytes(shape, dtype) for _, shape, dtype in plan)
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2))

@@ -4,28 +4,26 @@ Every mapping entry moves whole rows (a rename, vocab padding, the per-group QKV
 [gate; up] concatenation), and a stored tensor keeps its rows contiguous and row-major. So each
 output tensor is a list of (file, offset, length) ranges of the input files, which the output
 file reads straight into its write buffer (`DirectFile.copy_segments`): no tensor is built, and
-memory stays at the output's two buffers. The row lists come from running the mapping's own
+memory stays at the output's one buffer. The row lists come from running the mapping's own
 `to_megatron` / `to_hf` on a column of row numbers, so no second description of the layouts
 exists to drift from the first. A dtype change, or a tensor stored in column blocks (a
 row-parallel weight saved at TP > 1), still goes through the buffer path.
+
+Measured on 13B-shaped bf16 checkpoints: no faster than building each tensor in reused buffers,
+but it keeps a conversion's peak RSS at 0.85 GiB instead of 1.4-2.0 GiB (torch and megatron
+alone take 0.83 GiB), so it stays.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
-import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from torch.distributed.checkpoint.filesystem import FileSystem
 
 from megatron_chimed.config.schema import ModelConfig
-from megatron_chimed.convert.direct_file import DirectFile, Segment
+from megatron_chimed.convert.direct_file import Segment
 from megatron_chimed.convert.mapping import Entry
 
 Run = tuple[int, int, int]  # (source part, first row, rows); part -1 = rows of zeros
@@ -131,51 +129,3 @@ class Spliced:
     @property
     def nbytes(self) -> int:
         return sum(length for _, _, length in self.segments)
-
-
-class SplicingFile(DirectFile):
-    """A file for PyTorch's checkpoint writer: a write of a placeholder's bytes registered in
-    `pending` (recognised by its address) becomes `copy_segments`; other writes go through."""
-
-    def __init__(self, path: str | os.PathLike, files: SplicingFileSystem) -> None:
-        super().__init__(path)
-        self.files = files
-
-    def write(self, b) -> int:  # noqa: ANN001 (any buffer)
-        view = memoryview(b).cast("B")
-        address = np.frombuffer(view, dtype=np.uint8).ctypes.data if len(view) else 0
-        segs = self.files.pending.pop(address, None)
-        try:
-            if segs is None:
-                return super().write(view)
-            if sum(length for _, _, length in segs) != len(view):
-                raise ValueError(f"{self.name}: {len(view)} B written for a spliced tensor")
-            self.copy_segments(segs)
-            return len(view)
-        except BaseException as err:  # torch.save's zip writer would mask it with its own
-            self.files.failure = self.files.failure or err
-            raise
-
-
-class SplicingFileSystem(FileSystem):
-    """PyTorch's checkpoint file system, writing through `SplicingFile`s."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.pending: dict[int, list[Segment]] = {}
-        self.failure: BaseException | None = None  # the first copy that failed
-
-    def expect(self, placeholder: torch.Tensor, segs: list[Segment]) -> torch.Tensor:
-        """`placeholder` (never read: its storage must be exactly its bytes, or the writer
-        copies it) is written as `segs` instead."""
-        self.pending[placeholder.data_ptr()] = segs
-        return placeholder
-
-    @contextlib.contextmanager
-    def create_stream(self, path: str | os.PathLike, mode: str) -> Iterator[io.IOBase]:
-        if mode != "wb":
-            with super().create_stream(path, mode) as stream:
-                yield stream
-            return
-        with SplicingFile(path, self) as stream:
-            yield stream

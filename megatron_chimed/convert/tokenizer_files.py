@@ -1,14 +1,13 @@
-"""Tokenizer files travel with the weights, after a check that they fit the embedding."""
+"""Tokenizer files travel with the weights (`checkpoint.layout.copy_tokenizer`), after a check
+that they fit the embedding."""
 
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
-from megatron_chimed.checkpoint.layout import TOKENIZER_FILES
 from megatron_chimed.config.schema import ModelConfig
-from megatron_chimed.tokenizer import ZiyaTokenizer
+from megatron_chimed.tokenizer import has_tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -16,20 +15,15 @@ log = logging.getLogger(__name__)
 def check_tokenizer(directory: Path, model: ModelConfig, where: str) -> bool:
     """True if `directory` holds a tokenizer whose ids all have an embedding row; raise if
     some do not (the model would index past its embedding). False if there is none."""
-    if not (directory / "tokenizer.model").is_file():
-        log.warning("%s: no tokenizer.model; the output will have no tokenizer", directory)
+    if not has_tokenizer(directory):
+        log.warning(
+            "%s: no tokenizer.model or tokenizer.json; the output will have no tokenizer", directory
+        )
         return False
-    size = ZiyaTokenizer(directory).vocab_size
+    size = load_tokenizer(directory).vocab_size
     if size > model.vocab_size:
         raise ValueError(
             f"{directory}: the tokenizer has {size} tokens but the embedding has only "
             f"{model.vocab_size} rows ({where} vocab_size)"
         )
     return True
-
-
-def copy_tokenizer(src: Path, dst: Path) -> None:
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in TOKENIZER_FILES:
-        if (src / name).is_file():
-            shutil.copy2(src / name, dst / name)

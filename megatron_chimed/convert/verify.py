@@ -96,3 +96,43 @@ def verify(
         result = compare(hf_logits(hf_dir, tokens[:, :-1], dtype), logits, tokens)
     dist.barrier()
     return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """tools/verify_conversion.py: exit 1 when the logit difference passes --tol."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="tools/verify_conversion.py", description=__doc__)
+    ap.add_argument("--hf", required=True)
+    ap.add_argument("--megatron", required=True, help="checkpoint root or iter_* folder")
+    ap.add_argument("--tp", type=int, default=1)
+    ap.add_argument("--tol", type=float, default=1e-4, help="max abs logit difference allowed")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--seq-length", type=int, default=64)
+    args = ap.parse_args(argv)
+    if "LOCAL_RANK" not in os.environ:
+        from megatron_chimed.launch.torchrun import torchrun
+
+        return torchrun(__spec__.name, args.tp, sys.argv[1:] if argv is None else argv)
+
+    from megatron_chimed.platform import destroy
+
+    result = verify(args.hf, args.megatron, args.tp, args.precision, seq_length=args.seq_length)
+    destroy()
+    if result is None:
+        return 0
+    print(
+        f"tp={args.tp} max_abs_logit_diff={result.max_abs_logit_diff:.3g} "
+        f"loss_hf={result.loss_hf:.6f} loss_megatron={result.loss_megatron:.6f} "
+        f"loss_diff={result.loss_diff:.3g} greedy_agreement={result.greedy_agreement:.4f}"
+    )
+    if result.max_abs_logit_diff > args.tol:
+        print(f"FAIL: max abs logit difference above --tol {args.tol}", file=sys.stderr)
+        return 1
+    print("OK")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

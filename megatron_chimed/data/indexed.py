@@ -24,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from megatron_chimed.data.jsonio import BOM, not_utf8
-from megatron_chimed.tokenizer import ZiyaTokenizer
+from megatron_chimed.tokenizer import Tokenizer, load_tokenizer
 
 CHUNK_LINES = 512  # big enough to amortise inter-process pickling, small enough to stream
 
@@ -97,19 +97,23 @@ def _parse(chunk: _Chunk, keys: Sequence[str]) -> tuple[dict[str, list[str]], li
             continue
         bad = [k for k in keys if not isinstance(record.get(k), str)]
         if bad:
-            errors.append(f"{where}: field {bad[0]!r} is missing or not a string")
+            # The usual cause is a corpus whose text lives under another name: say which knob.
+            errors.append(
+                f"{where}: field {bad[0]!r} is missing or not a string (the text field is "
+                f"set by --json-keys, or pipeline.pretrain_text_field; record has {sorted(record)})"
+            )
             continue
         for key in keys:
             texts[key].append(record[key])
     return texts, errors
 
 
-_worker_tokenizer: ZiyaTokenizer | None = None
+_worker_tokenizer: Tokenizer | None = None
 
 
 def _init_worker(tokenizer_dir: str) -> None:
     global _worker_tokenizer
-    _worker_tokenizer = ZiyaTokenizer(tokenizer_dir)
+    _worker_tokenizer = load_tokenizer(tokenizer_dir)
 
 
 def _encode(
@@ -158,7 +162,7 @@ def preprocess(
     for path in inputs:
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: input file not found")
-    tokenizer = ZiyaTokenizer(tokenizer_dir)
+    tokenizer = load_tokenizer(tokenizer_dir)
     dtype = DType.optimal_dtype(tokenizer.vocab_size)
     keys = tuple(json_keys)
     final = {key: output_prefix(prefix, key) for key in keys}

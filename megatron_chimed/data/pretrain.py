@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from megatron_chimed.tokenizer import ZiyaTokenizer
+from megatron_chimed.tokenizer import Tokenizer
 
 
 @dataclass
@@ -129,7 +129,7 @@ def document_count(prefix: str) -> int:
 
 def build_pretrain_datasets(
     data: PretrainDataConfig,
-    tokenizer: ZiyaTokenizer,
+    tokenizer: Tokenizer,
     seq_length: int,
     seed: int,
     num_samples: tuple[int, int, int],

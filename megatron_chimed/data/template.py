@@ -12,12 +12,16 @@ the plain-text `[human]:` / `[bot]:` variant of the ChiMed-GPT README. Each prom
 prompt/response boundary is a token boundary and the loss mask is exact; the response therefore
 starts with sentencepiece's dummy-prefix piece, which is also what the model emits after `<bot>:`.
 The leading `<s>` matches HF inference (`add_bos_token: true`) and marks sample starts in packing.
+`ziya` needs a tokenizer with `<human>` / `<bot>` tokens; `hf` renders with the tokenizer's own
+jinja `chat_template` instead (data/hf_template.py), for models that are not Ziya.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+
+from megatron_chimed.data import hf_template
+from megatron_chimed.tokenizer import Tokenizer
 
 #: The paper's SFT instruction (Table 3), put before the first user message with a blank line.
 DOCTOR_INSTRUCTION = "假设你是一名医生，请回答患者的问题。"
@@ -25,62 +29,35 @@ DOCTOR_INSTRUCTION = "假设你是一名医生，请回答患者的问题。"
 USER, ASSISTANT = "user", "assistant"
 
 
-class Tokenizer(Protocol):
-    """What the template needs of `megatron_chimed.tokenizer.ZiyaTokenizer`."""
-
-    bos: int
-    eos: int
-
-    def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]: ...
-
-
 @dataclass(frozen=True)
 class Turn:
-    """One exchange in token ids: `prompt` ends with the bot marker, `response` with `</s>`."""
+    """One exchange in token ids: `prompt` ends with the bot marker (the generation prompt),
+    `response` with `</s>` (the end-of-turn token)."""
 
     prompt: list[int]
     response: list[int]
 
 
-@dataclass(frozen=True)
 class ChatTemplate:
-    """How a dialogue is written out; pick one with `get_template(name)`."""
+    """How a dialogue is written out; pick one with `get_template(name)`. A template says how
+    each exchange becomes ids (`encode_turns`) and when generation stops; the rest is shared."""
 
     name: str
-    human: str  # speaker tag of the user; `{human}:` starts every user turn
-    bot: str  # speaker tag of the model; `\n{bot}:` ends every prompt
-
-    def prompt_text(self, user: str) -> str:
-        return f"{self.human}:{user.strip()}\n{self.bot}:"
 
     @property
     def stop_strings(self) -> tuple[str, ...]:
-        """Text that ends a generated response when the model skips `</s>`: the next turn."""
-        return (f"{self.human}:",)
+        """Text that ends a generated response when the model skips its stop token."""
+        return ()
 
     def stop_token_ids(self, tokenizer: Tokenizer) -> list[int]:
-        """`</s>`, plus the user tag when it is one (added) token, as `<human>` is."""
-        tag = tokenizer.encode(self.human)
-        return [tokenizer.eos, *tag] if len(tag) == 1 else [tokenizer.eos]
+        raise NotImplementedError
 
     def encode_turns(
         self, tokenizer: Tokenizer, messages: list[dict], instruction: str | None = None
     ) -> list[Turn]:
         """Token ids per exchange, without `<s>`. A trailing user message becomes a turn with
         an empty response (the generation prompt)."""
-        check_messages(messages)
-        turns = []
-        for i in range(0, len(messages), 2):
-            user = messages[i]["content"].strip()
-            if i == 0 and instruction:
-                user = f"{instruction}\n\n{user}"
-            prompt = tokenizer.encode(self.prompt_text(user))
-            if i + 1 < len(messages):
-                response = tokenizer.encode(messages[i + 1]["content"].strip(), eos=True)
-            else:
-                response = []
-            turns.append(Turn(prompt, response))
-        return turns
+        raise NotImplementedError
 
     def encode_dialogue(
         self,
@@ -115,6 +92,58 @@ class ChatTemplate:
         return ids
 
 
+@dataclass(frozen=True)
+class TagTemplate(ChatTemplate):
+    """`{human}:{user}\\n{bot}:{assistant}</s>`; with `tags_are_tokens` the tags must be single
+    added tokens of the tokenizer (Ziya's `<human>` / `<bot>`), not text."""
+
+    name: str
+    human: str  # speaker tag of the user; `{human}:` starts every user turn
+    bot: str  # speaker tag of the model; `\n{bot}:` ends every prompt
+    tags_are_tokens: bool = False
+
+    def check_tokenizer(self, tokenizer: Tokenizer) -> None:
+        """Without `<human>` / `<bot>` tokens the tags would be split into text pieces, and a
+        model trained on that would not be Ziya's format: refuse rather than train on it."""
+        if self.tags_are_tokens and None in map(tokenizer.token_to_id, (self.human, self.bot)):
+            raise ValueError(
+                f"chat template {self.name!r}: the tokenizer in {tokenizer.directory} has no "
+                f"{self.human} / {self.bot} tokens; use template 'hf' or 'ziya_brackets'"
+            )
+
+    def prompt_text(self, user: str) -> str:
+        return f"{self.human}:{user.strip()}\n{self.bot}:"
+
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        """Text that ends a generated response when the model skips `</s>`: the next turn."""
+        return (f"{self.human}:",)
+
+    def stop_token_ids(self, tokenizer: Tokenizer) -> list[int]:
+        """`</s>`, plus the user tag when it is one (added) token, as `<human>` is. No check
+        here: raw-text prompts (evaluation) stop at `</s>` with any tokenizer."""
+        tag = tokenizer.encode(self.human)
+        return [tokenizer.eos, *tag] if len(tag) == 1 else [tokenizer.eos]
+
+    def encode_turns(
+        self, tokenizer: Tokenizer, messages: list[dict], instruction: str | None = None
+    ) -> list[Turn]:
+        check_messages(messages)
+        self.check_tokenizer(tokenizer)
+        turns = []
+        for i in range(0, len(messages), 2):
+            user = messages[i]["content"].strip()
+            if i == 0 and instruction:
+                user = f"{instruction}\n\n{user}"
+            prompt = tokenizer.encode(self.prompt_text(user))
+            if i + 1 < len(messages):
+                response = tokenizer.encode(messages[i + 1]["content"].strip(), eos=True)
+            else:
+                response = []
+            turns.append(Turn(prompt, response))
+        return turns
+
+
 def join_turns(
     tokenizer: Tokenizer, turns: list[Turn], train_history: bool = True
 ) -> tuple[list[int], list[int]]:
@@ -137,9 +166,32 @@ def check_messages(messages: list[dict]) -> None:
             raise ValueError(f"message {i}: content must be a string")
 
 
+class HFTemplate(ChatTemplate):
+    """The tokenizer's own jinja `chat_template`, split into exchanges by data/hf_template.py so
+    that only the assistant's text and its end-of-turn token are trained."""
+
+    name = "hf"
+
+    def stop_token_ids(self, tokenizer: Tokenizer) -> list[int]:
+        return hf_template.stop_token_ids(tokenizer)
+
+    def encode_turns(
+        self, tokenizer: Tokenizer, messages: list[dict], instruction: str | None = None
+    ) -> list[Turn]:
+        check_messages(messages)
+        rendered = [dict(m, content=m["content"].strip()) for m in messages]
+        if rendered and instruction:
+            rendered[0]["content"] = f"{instruction}\n\n{rendered[0]['content']}"
+        return [
+            Turn(tokenizer.encode(prompt), tokenizer.encode(response) if response else [])
+            for prompt, response in hf_template.split_exchanges(tokenizer, rendered)
+        ]
+
+
 TEMPLATES: dict[str, ChatTemplate] = {
-    "ziya": ChatTemplate("ziya", human="<human>", bot="<bot>"),
-    "ziya_brackets": ChatTemplate("ziya_brackets", human="[human]", bot="[bot]"),
+    "ziya": TagTemplate("ziya", human="<human>", bot="<bot>", tags_are_tokens=True),
+    "ziya_brackets": TagTemplate("ziya_brackets", human="[human]", bot="[bot]"),
+    "hf": HFTemplate(),
 }
 
 

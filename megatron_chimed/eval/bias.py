@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from megatron_chimed.config.eval import BiasConfig
+from megatron_chimed.config.load import eval_task
+
 from .errors import DataFormatError, expect_object, read_text
 from .model_api import EvalModel
 
@@ -96,14 +99,15 @@ def bias_score(option: str, options: tuple[str, ...], keying: str) -> int:
 
 
 class BiasTask:
-    """Config keys: scale_file, max_new_tokens."""
+    """Config: config/eval.py BiasConfig (a dict or DictConfig is typed as one)."""
 
     deterministic = False
 
-    def __init__(self, cfg: Any) -> None:
+    def __init__(self, cfg: BiasConfig | Any) -> None:
+        cfg = eval_task(cfg, kind="bias")
         self.scale = load_scale(Path(cfg.scale_file))
         self.prompts = [self.scale.render(item) for item in self.scale.items]
-        self.max_new_tokens = int(cfg.get("max_new_tokens", 32))
+        self.max_new_tokens = cfg.max_new_tokens
 
     def meta(self) -> dict[str, Any]:
         return {
@@ -114,17 +118,28 @@ class BiasTask:
 
     def run(self, model: EvalModel, seed: int) -> dict[str, Any]:
         outputs = model.generate(self.prompts, self.max_new_tokens, seed)
-        scores, unparsed = [], 0
-        for item, output in zip(self.scale.items, outputs):
+        scores, unparsed, records = [], 0, []
+        for item, prompt, output in zip(self.scale.items, self.prompts, outputs):
             option = parse_option(output, self.scale.options)
-            if option is None:
+            score = None if option is None else bias_score(option, self.scale.options, item.keying)
+            if score is None:
                 unparsed += 1
             else:
-                scores.append(bias_score(option, self.scale.options, item.keying))
+                scores.append(score)
+            records.append(
+                {
+                    "id": item.item_id,
+                    "prompt": prompt,
+                    "output": output,
+                    "option": option,
+                    "bias_score": score,
+                }
+            )
         # NaN when nothing parsed: a number here would claim a bias level we never measured.
         mean = sum(scores) / len(scores) if scores else float("nan")
         return {
             "metrics": {"bias_score": mean},
             "counts": {"items": len(outputs), "unparseable": unparsed},
             "samples": [{"prompt": p, "output": o} for p, o in zip(self.prompts[:2], outputs)],
+            "predictions": records,
         }

@@ -5,7 +5,8 @@ an HF export; writes `{run_dir}/{name}.json` and `{run_dir}/{name}.md` (mean and
     chimed eval checkpoint=CKPT +eval=ceval parallel=tp2 launcher=torchrun launcher.gpus_per_node=8
     chimed eval hf=HF_DIR +eval=suite run_dir=runs/eval          # one process, transformers
 
-`checkpoint=` (a root with `latest`, or an `iter_*` folder) or `hf=` names the model; every
+`checkpoint=` (a root with `latest`, or an `iter_*` folder) or `hf=` names the model;
+`tokenizer=DIR` (or `--tokenizer DIR`) uses that tokenizer folder instead of the model's own. Every
 other argument is a Hydra override of conf/, e.g. `eval.tasks.ceval.mode=generate`,
 `precision=fp32`, `eval.seeds=[0,1,2]`. Started outside torchrun, the command re-launches itself
 under torchrun with `launcher.nproc_per_node` ranks (launcher=torchrun) or one rank per TP shard.
@@ -26,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 
 from megatron_chimed.config import ConfigError, RunConfig, load
+from megatron_chimed.config.eval import EvalSuiteConfig, EvalTaskConfig
 from megatron_chimed.eval.model_api import HFEvalModel
 from megatron_chimed.eval.runner import run_eval
 from megatron_chimed.model.builder import DTYPES
@@ -57,13 +58,36 @@ def split_model_args(argv: list[str]) -> tuple[str, Path, list[str]]:
     return kind, path, overrides
 
 
-def eval_config(cfg: RunConfig) -> Any:
+def split_tokenizer_arg(argv: list[str]) -> tuple[Path | None, list[str]]:
+    """(the `tokenizer=DIR` / `--tokenizer DIR` folder or None, the other arguments)."""
+    rest: list[str] = []
+    found: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if arg == "--tokenizer":
+            found.append(next(args, ""))
+        elif arg.startswith(("tokenizer=", "--tokenizer=")):
+            found.append(arg.partition("=")[2])
+        else:
+            rest.append(arg)
+    if not found:
+        return None, rest
+    if len(found) > 1 or not found[0]:
+        raise ConfigError("chimed eval: name one tokenizer folder: tokenizer=DIR")
+    path = Path(found[0])
+    if not path.is_dir():
+        raise FileNotFoundError(f"chimed eval: tokenizer={path} is not a folder")
+    return path, rest
+
+
+def eval_config(cfg: RunConfig) -> EvalSuiteConfig | EvalTaskConfig:
+    """The typed `eval` section (config/eval.py), or a ConfigError when none was selected."""
     if cfg.eval is None:
         raise ConfigError(
             "chimed eval: no task selected; add +eval=suite or +eval=<task> "
             "(one of conf/eval/*.yaml)"
         )
-    return OmegaConf.create(cfg.eval)  # the tasks read it with .get() and attribute access
+    return cfg.eval
 
 
 def processes(cfg: RunConfig, kind: str) -> int:
@@ -80,7 +104,7 @@ def processes(cfg: RunConfig, kind: str) -> int:
     return cfg.parallel.tensor_model_parallel_size
 
 
-def evaluate_hf(cfg: RunConfig, hf_dir: Path) -> dict[str, Any]:
+def evaluate_hf(cfg: RunConfig, hf_dir: Path, tokenizer: Path | None = None) -> dict[str, Any]:
     """The suite on a Hugging Face export, in this process."""
     if int(os.environ.get("WORLD_SIZE", 1)) > 1:
         raise ConfigError("chimed eval hf=...: runs in one process; start it without torchrun")
@@ -89,12 +113,16 @@ def evaluate_hf(cfg: RunConfig, hf_dir: Path) -> dict[str, Any]:
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=DTYPES[cfg.precision])
     if torch.cuda.is_available():
         model = model.cuda()
-    eval_model = HFEvalModel(model, AutoTokenizer.from_pretrained(hf_dir))
+    # Local files only; remote code is never trusted (AutoTokenizer's default).
+    hf_tokenizer = AutoTokenizer.from_pretrained(tokenizer or hf_dir, local_files_only=True)
+    eval_model = HFEvalModel(model, hf_tokenizer)
     info = {"hf": str(hf_dir), "precision": cfg.precision}
     return run_eval(eval_config(cfg), eval_model, cfg.run_dir, run_info=info)
 
 
-def evaluate_megatron(cfg: RunConfig, checkpoint: Path) -> dict[str, Any]:
+def evaluate_megatron(
+    cfg: RunConfig, checkpoint: Path, tokenizer: Path | None = None
+) -> dict[str, Any]:
     """The suite on a Megatron checkpoint: TP inside each rank's group, prompts sharded over DP."""
     import torch.distributed as dist
     from megatron.core import parallel_state
@@ -106,7 +134,7 @@ def evaluate_megatron(cfg: RunConfig, checkpoint: Path) -> dict[str, Any]:
     tp = cfg.parallel.tensor_model_parallel_size
     layout = initialize(tp, cfg.seed)
     try:
-        model, tokenizer = load_for_generation(checkpoint, tp, cfg.precision)  # type: ignore[arg-type]
+        model, loaded = load_for_generation(checkpoint, tp, cfg.precision, tokenizer)  # type: ignore[arg-type]
         group = parallel_state.get_data_parallel_group()
 
         def gather(local: list) -> list[list]:
@@ -122,7 +150,7 @@ def evaluate_megatron(cfg: RunConfig, checkpoint: Path) -> dict[str, Any]:
         }
         return run_eval(
             eval_config(cfg),
-            MegatronEvalModel(model, tokenizer),
+            MegatronEvalModel(model, loaded),
             cfg.run_dir if layout.rank == 0 else None,
             rank=parallel_state.get_data_parallel_rank(),
             world=layout.data_parallel,
@@ -138,17 +166,27 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         return 0
-    kind, path, overrides = split_model_args(argv)
+    tokenizer, model_args = split_tokenizer_arg(argv)
+    kind, path, overrides = split_model_args(model_args)
     cfg = load(overrides)
     eval_config(cfg)  # fail on a missing task before starting any process
     nproc = processes(cfg, kind)
     if "LOCAL_RANK" not in os.environ and nproc > 1:
+        from megatron_chimed.generation.loading import checkpoint_tokenizer
         from megatron_chimed.launch.torchrun import torchrun
 
+        checkpoint_tokenizer(path, tokenizer)  # a missing tokenizer fails before ranks start
+
         return torchrun("megatron_chimed.eval.cli", nproc, argv)
-    result = evaluate_hf(cfg, path) if kind == "hf" else evaluate_megatron(cfg, path)
+    if kind == "hf":
+        result = evaluate_hf(cfg, path, tokenizer)
+    else:
+        result = evaluate_megatron(cfg, path, tokenizer)
     if "files" in result:
-        print(f"chimed eval: wrote {result['files']['json']} and {result['files']['markdown']}")
+        files = result["files"]
+        print(Path(files["markdown"]).read_text(encoding="utf-8").rstrip())  # the scores
+        print(f"chimed eval: wrote {files['json']} and {files['markdown']}")
+        print("chimed eval: predictions in " + ", ".join(files["predictions"]))
     return 0
 
 

@@ -51,3 +51,21 @@ def read_json_objects(path: str | Path) -> Iterator[tuple[int, str, dict]]:
         except json.JSONDecodeError as err:
             raise DataFormatError(f"{where}: not valid JSON ({err.msg})") from None
         yield line_number, where, expect_object(record, where)
+
+
+def jsonl_records(path: str | Path) -> Iterator[tuple[str, dict]]:
+    """`(where, record)` for every non-blank line of a user's JSON Lines file, `where` being
+    ``file:line`` (data/jsonio.py reads it); bad JSON or a non-object is a DataFormatError."""
+    try:
+        for where, record in jsonio.iter_jsonl(path):
+            yield where, expect_object(record, where)
+    except jsonio.DataError as err:
+        raise DataFormatError(str(err)) from None
+
+
+def required(record: dict, name: str, where: str, config_key: str) -> object:
+    """`record[name]`, or a DataFormatError naming the line, the field and the config key that
+    names it (the usual fix for your own file is pointing that key at your field)."""
+    if name not in record:
+        raise DataFormatError(f"{where}: field {name!r}: missing (set {config_key} to your field)")
+    return record[name]

@@ -1,4 +1,5 @@
-"""5-shot multi-choice accuracy (C-Eval, CMMLU, MedQA) with the benchmarks' official prompts.
+"""5-shot multi-choice accuracy (C-Eval, CMMLU, MedQA, your own JSON Lines file) with the
+benchmarks' official prompts.
 
 Scoring compares the next-token log-probabilities of the option letters after the prompt
 (mode ``logprob``: no generation, no parsing, deterministic); mode ``generate`` lets the model
@@ -11,8 +12,11 @@ import re
 from pathlib import Path
 from typing import Any
 
+from megatron_chimed.config.eval import MultiChoiceConfig
+from megatron_chimed.config.load import eval_task
+
 from .model_api import EvalModel
-from .multichoice_data import SUBJECT_NAMES_ZH, MCQuestion, load_split
+from .multichoice_data import SUBJECT_NAMES_ZH, MCQuestion, load_split, read_mc_jsonl
 
 # Official headers and answer cues: C-Eval code/evaluator_series, CMMLU src/mp_utils.py.
 # MedQA has no official Chinese prompt; it reuses C-Eval's wording (the exam is the MCMLE).
@@ -76,28 +80,47 @@ def accuracy_table(correct_by_subject: dict[str, list[bool]]) -> dict[str, float
 
 
 class MultiChoiceTask:
-    """Config keys: format, data_dir, subjects, split, shot_split, shots, mode, max_new_tokens,
-    subject_names (optional zh names for the prompt header)."""
+    """Config: config/eval.py MultiChoiceConfig (a dict or DictConfig is typed as one)."""
 
-    def __init__(self, cfg: Any) -> None:
-        self.style = str(cfg.format)
-        self.mode = str(cfg.get("mode", "logprob"))
-        if self.mode not in ("logprob", "generate"):
-            raise ValueError(f"eval {cfg.get('name')}: mode must be logprob or generate")
-        self.max_new_tokens = int(cfg.get("max_new_tokens", 16))
+    def __init__(self, cfg: MultiChoiceConfig | Any) -> None:
+        cfg = eval_task(cfg, kind="multichoice")
+        # Your own file is prompted as C-Eval is: the closest official wording for a Chinese exam.
+        self.style = "ceval" if cfg.format == "jsonl" else cfg.format
+        self.mode = cfg.mode
+        self.max_new_tokens = cfg.max_new_tokens
         self.deterministic = self.mode == "logprob"
-        names = {**SUBJECT_NAMES_ZH, **DEFAULT_SUBJECT_ZH, **dict(cfg.get("subject_names") or {})}
-        shots = int(cfg.get("shots", 5))
         self.items: list[tuple[MCQuestion, str]] = []
-        self.split = str(cfg.split)
-        for subject in cfg.subjects:
-            subject = str(subject)
+        if cfg.format == "jsonl":
+            self.split = str(cfg.data_file)
+            self._add_own_file(cfg)
+        else:
+            self.split = str(cfg.split)
+            self._add_benchmark(cfg)
+
+    def _add_own_file(self, cfg: MultiChoiceConfig) -> None:
+        fields = (cfg.question_field, cfg.options_field, cfg.answer_field)
+        subject = Path(str(cfg.data_file)).stem  # the accuracy key: acc/<file stem>
+        examples = read_mc_jsonl(Path(str(cfg.shot_file)), *fields) if cfg.shots else []
+        if len(examples) < cfg.shots:
+            raise ValueError(f"{cfg.shot_file}: {len(examples)} questions < {cfg.shots} shots")
+        questions = read_mc_jsonl(Path(str(cfg.data_file)), *fields, subject=subject)
+        if not questions:
+            raise ValueError(f"{cfg.data_file}: no questions")
+        for q in questions:
+            self.items.append(
+                (q, build_prompt(q, examples[: cfg.shots], "ceval", cfg.exam_subject))
+            )
+
+    def _add_benchmark(self, cfg: MultiChoiceConfig) -> None:
+        names = {**SUBJECT_NAMES_ZH, **DEFAULT_SUBJECT_ZH, **cfg.subject_names}
+        shots = cfg.shots
+        for subject in cfg.subjects or []:
             if subject not in names:
                 raise ValueError(f"no Chinese name for subject {subject!r}: set subject_names")
-            examples = load_split(self.style, Path(cfg.data_dir), subject, str(cfg.shot_split))
+            examples = load_split(self.style, Path(str(cfg.data_dir)), subject, str(cfg.shot_split))
             if len(examples) < shots:
                 raise ValueError(f"{subject}: {cfg.shot_split} has {len(examples)} < {shots} shots")
-            questions = load_split(self.style, Path(cfg.data_dir), subject, self.split)
+            questions = load_split(self.style, Path(str(cfg.data_dir)), subject, self.split)
             unlabelled = [q.qid for q in questions if not q.answer]
             if unlabelled:
                 raise ValueError(
@@ -113,8 +136,13 @@ class MultiChoiceTask:
 
     def run(self, model: EvalModel, seed: int) -> dict[str, Any]:
         prompts = [p for _, p in self.items]
+        option_scores: list[dict[str, float] | None]
         if self.mode == "logprob":
-            predictions = self._predict_logprob(model, prompts)
+            scored = self._score_options(model, prompts)
+            # max() keeps the first of tied letters, so ties resolve the same way every run.
+            predictions: list[str | None] = [max(row, key=row.__getitem__) for row in scored]
+            option_scores = list(scored)
+            outputs: list[str] = [str(p) for p in predictions]
             unparsed = 0
         else:
             outputs = model.generate(prompts, self.max_new_tokens, seed)
@@ -122,25 +150,42 @@ class MultiChoiceTask:
                 parse_answer_letter(text, tuple(q.options))
                 for (q, _), text in zip(self.items, outputs)
             ]
+            option_scores = [None] * len(prompts)
             unparsed = sum(p is None for p in predictions)
         correct: dict[str, list[bool]] = {}
-        for (q, _), predicted in zip(self.items, predictions):
+        records = []
+        for (q, prompt), output, predicted, scores in zip(
+            self.items, outputs, predictions, option_scores
+        ):
             correct.setdefault(q.subject, []).append(predicted == q.answer)
+            records.append(
+                {
+                    "id": q.qid,
+                    "subject": q.subject,
+                    "prompt": prompt,
+                    "output": output,
+                    "predicted": predicted,
+                    "reference": q.answer,
+                    "correct": predicted == q.answer,
+                    "option_scores": scores,  # letter -> log-prob; null in generate mode
+                }
+            )
         return {
             "metrics": accuracy_table(correct),
             "counts": {"questions": len(self.items), "unparseable": unparsed},
             "samples": [{"prompt": p, "predicted": x} for p, x in zip(prompts[:2], predictions)],
+            "predictions": records,
         }
 
-    def _predict_logprob(self, model: EvalModel, prompts: list[str]) -> list[str]:
+    def _score_options(self, model: EvalModel, prompts: list[str]) -> list[dict[str, float]]:
+        """letter -> next-token log-prob of each question's option letters."""
         # Questions with the same letter set are scored together (MedQA has A-E, others A-D).
-        predictions: list[str] = [""] * len(prompts)
+        scores: list[dict[str, float]] = [{} for _ in prompts]
         groups: dict[tuple[str, ...], list[int]] = {}
         for index, (q, _) in enumerate(self.items):
             groups.setdefault(tuple(q.options), []).append(index)
         for letters, indices in groups.items():
-            scores = model.next_token_logprobs([prompts[i] for i in indices], list(letters))
-            for i, row in zip(indices, scores):
-                # max() keeps the first of tied letters, so ties resolve the same way every run.
-                predictions[i] = letters[max(range(len(letters)), key=row.__getitem__)]
-        return predictions
+            rows = model.next_token_logprobs([prompts[i] for i in indices], list(letters))
+            for i, row in zip(indices, rows):
+                scores[i] = dict(zip(letters, (float(x) for x in row)))
+        return scores

@@ -5,17 +5,20 @@ Layouts (docs/data_formats.md §ceval, §cmmlu, §medqa):
   ``answer`` too (labels not public: such rows carry ``answer=""``).
 - CMMLU ``{split}/{subject}.csv`` with an unnamed first index column (header ``,Question,...``).
 - MedQA ``{split}.jsonl``: ``options`` is a dict letter -> text, the gold letter is ``answer_idx``.
+- Your own ``jsonl`` (format ``jsonl``): field names set in the config; options a list, a dict
+  letter -> text, or one field per letter; the answer a letter or a 0-based index.
 """
 
 from __future__ import annotations
 
 import csv
+import string
 from dataclasses import dataclass
 from pathlib import Path
 
 from megatron_chimed.data.jsonio import not_utf8
 
-from .errors import DataFormatError, read_json_objects
+from .errors import DataFormatError, jsonl_records, read_json_objects, required
 
 # Chinese subject names used inside the official prompts (C-Eval subject_mapping, CMMLU).
 SUBJECT_NAMES_ZH = {
@@ -129,6 +132,74 @@ def read_medqa_jsonl(path: Path, subject: str = "mcmle") -> list[MCQuestion]:
             )
         )
     return questions
+
+
+def read_mc_jsonl(
+    path: Path,
+    question_field: str = "question",
+    options_field: str | None = "options",
+    answer_field: str = "answer",
+    subject: str = "own",
+) -> list[MCQuestion]:
+    """A user's own multiple-choice JSON Lines file; every line needs its answer (these are
+    scored questions or shots). `options_field=None` reads one field per letter: A, B, ..."""
+    questions: list[MCQuestion] = []
+    for where, record in jsonl_records(path):
+        question = required(record, question_field, where, "question_field")
+        if not isinstance(question, str) or not question.strip():
+            raise DataFormatError(f"{where}: field {question_field!r}: expected a non-empty string")
+        options = _own_options(record, options_field, where)
+        letters = tuple(options)
+        raw = required(record, answer_field, where, "answer_field")
+        # bool is an int to Python, but `true` is no answer.
+        if isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw < len(letters):
+            answer = letters[raw]
+        elif isinstance(raw, str) and raw.strip() in letters:
+            answer = raw.strip()
+        else:
+            raise DataFormatError(
+                f"{where}: field {answer_field!r}: {raw!r} is neither a letter of {letters} "
+                f"nor a 0-based index below {len(letters)}"
+            )
+        qid = str(record.get("id", where.rsplit(":", 1)[-1]))
+        questions.append(MCQuestion(subject, qid, question, options, answer))
+    return questions
+
+
+def _own_options(record: dict, options_field: str | None, where: str) -> dict[str, str]:
+    """letter -> text from a list, a letter-keyed dict, or (no options field) fields A, B, ..."""
+    if options_field is None:
+        letters = list(string.ascii_uppercase)
+        count = next((i for i, letter in enumerate(letters) if letter not in record), 26)
+        options = {letter: record[letter] for letter in letters[:count]}
+        if count < 2:
+            raise DataFormatError(
+                f"{where}: field {letters[count]!r}: missing (options_field "
+                "is null, so each option is a field A, B, ...)"
+            )
+    else:
+        value = required(record, options_field, where, "options_field")
+        if isinstance(value, list):
+            options = dict(zip(string.ascii_uppercase, value))
+            if len(value) > 26:
+                raise DataFormatError(f"{where}: field {options_field!r}: more than 26 options")
+        elif isinstance(value, dict):
+            options = {str(k).strip(): value[k] for k in sorted(value)}
+            if list(options) != list(string.ascii_uppercase[: len(options)]):
+                raise DataFormatError(
+                    f"{where}: field {options_field!r}: keys {list(options)} are not A, B, ..."
+                )
+        else:
+            raise DataFormatError(
+                f"{where}: field {options_field!r}: expected a list or a letter->text object, "
+                f"got {type(value).__name__}"
+            )
+        if len(options) < 2:
+            raise DataFormatError(f"{where}: field {options_field!r}: needs at least 2 options")
+    for letter, text in options.items():
+        if not isinstance(text, str | int | float) or isinstance(text, bool):
+            raise DataFormatError(f"{where}: option {letter}: expected text, got {text!r}")
+    return {letter: str(text) for letter, text in options.items()}
 
 
 def subject_file(data_format: str, data_dir: Path, subject: str, split: str) -> Path:

@@ -12,6 +12,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from megatron_chimed.config.eval import NERConfig
+from megatron_chimed.config.load import eval_task
+
 from .model_api import EvalModel
 from .ner_data import CCKS_LABELS, NERDoc, read_ner_file
 
@@ -122,30 +125,30 @@ def _prf(suffix: str, tp: int, fp: int, fn: int) -> dict[str, float]:
 
 
 class NERTask:
-    """Config keys: reader (ccks2019 | span_jsonl | bio), reader_options, shot_file, test_file,
-    shots, labels (optional; default CCKS labels for ccks2019, else labels seen in the data),
-    max_new_tokens, limit (optional)."""
+    """Config: config/eval.py NERConfig (a dict or DictConfig is typed as one). Labels: the
+    configured ones, else CCKS's six for ccks2019, else those seen in the data."""
 
     deterministic = False
 
-    def __init__(self, cfg: Any) -> None:
-        reader, options = str(cfg.reader), dict(cfg.get("reader_options") or {})
+    def __init__(self, cfg: NERConfig | Any) -> None:
+        cfg = eval_task(cfg, kind="ner")
+        reader, options = cfg.reader, dict(cfg.reader_options)
         shot_docs = read_ner_file(Path(cfg.shot_file), reader, options)
         self.docs = read_ner_file(Path(cfg.test_file), reader, options)
-        if cfg.get("limit"):
-            self.docs = self.docs[: int(cfg.limit)]
-        shots = int(cfg.get("shots", 5))
+        if cfg.limit:
+            self.docs = self.docs[: cfg.limit]
+        shots = cfg.shots
         if len(shot_docs) < shots:
             raise ValueError(f"{cfg.shot_file}: {len(shot_docs)} documents < {shots} shots")
-        if cfg.get("labels"):
-            self.labels = [str(x) for x in cfg.labels]
+        if cfg.labels:
+            self.labels = list(cfg.labels)
         elif reader == "ccks2019":
             self.labels = list(CCKS_LABELS)
         else:
             seen = [lab for doc in shot_docs + self.docs for _, lab in doc.entities]
             self.labels = list(dict.fromkeys(seen))
         self.prompts = [build_ner_prompt(d, shot_docs[:shots], self.labels) for d in self.docs]
-        self.max_new_tokens = int(cfg.get("max_new_tokens", 256))
+        self.max_new_tokens = cfg.max_new_tokens
 
     def meta(self) -> dict[str, Any]:
         return {
@@ -162,4 +165,16 @@ class NERTask:
             "metrics": entity_f1(gold, [p for p, _ in parsed], self.labels),
             "counts": {"documents": len(self.docs), "unparseable": sum(not ok for _, ok in parsed)},
             "samples": [{"output": o} for o in outputs[:2]],
+            "predictions": [
+                {
+                    "prompt": prompt,
+                    "output": output,
+                    "predicted": sorted(found),  # [text, label] pairs, as the F1 counts them
+                    "reference": sorted(doc.entities),
+                    "parsed": ok,
+                }
+                for prompt, output, (found, ok), doc in zip(
+                    self.prompts, outputs, parsed, self.docs
+                )
+            ],
         }

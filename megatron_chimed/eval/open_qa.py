@@ -4,6 +4,8 @@ ChiMed has no published on-disk format; we read our normalised schema, JSON Line
 ``question`` plus ``answers`` with ``recommended``/``adopted`` flags (docs/data_formats.md §chimed).
 MC is read in its crawler layout, ``content`` = list of ``{speaker, utterance}``, speaker ``患者``
 or not (docs/data_formats.md §mc).
+Your own QA file (kind ``qa_jsonl``) is JSON Lines with a question and an answer field, named in
+the config.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import DataFormatError, expect_object, read_text
+from megatron_chimed.config.eval import TextGenerationConfig
+from megatron_chimed.config.load import eval_task
+
+from .errors import DataFormatError, expect_object, jsonl_records, read_text, required
 from .model_api import EvalModel
 from .text_metrics import TOKENISATION, text_scores
 
@@ -77,6 +82,24 @@ def read_chimed_qa(path: Path) -> tuple[list[GenerationItem], int]:
     return items, skipped
 
 
+def read_qa_jsonl(
+    path: Path, question_field: str = "question", answer_field: str = "answer"
+) -> list[GenerationItem]:
+    """A user's own question/answer JSON Lines file; the answer is the reference."""
+    items = []
+    for where, record in jsonl_records(path):
+        texts = []
+        for name, key in ((question_field, "question_field"), (answer_field, "answer_field")):
+            value = required(record, name, where, key)
+            # An empty reference would score every output 0 and hide the broken line.
+            if not isinstance(value, str) or not value.strip():
+                raise DataFormatError(f"{where}: field {name!r}: expected a non-empty string")
+            texts.append(value.strip())
+        line = where.rsplit(":", 1)[-1]
+        items.append(GenerationItem(str(record.get("id", line)), texts[0], texts[1]))
+    return items
+
+
 def speaker_tag(speaker: str) -> str:
     # The crawler writes 患者 for the patient and treats every other speaker as the doctor;
     # stray whitespace must not turn the patient into the doctor.
@@ -121,30 +144,34 @@ def clean_generation(text: str) -> str:
 
 
 class TextGenerationTask:
-    """Config keys: kind (chimed_qa | mc_dialogue), data_file, max_new_tokens, bleu_level,
-    turns (MC), instruction (optional override), limit (optional, first N items)."""
+    """Config: config/eval.py TextGenerationConfig (a dict or DictConfig is typed as one)."""
 
     deterministic = False
 
-    def __init__(self, cfg: Any) -> None:
-        self.kind = str(cfg.kind)
+    def __init__(self, cfg: TextGenerationConfig | Any) -> None:
+        cfg = eval_task(cfg, kind="text_generation")
+        self.kind = cfg.kind
         self.skipped = 0
         if self.kind == "chimed_qa":
             items, self.skipped = read_chimed_qa(Path(cfg.data_file))
-            instruction = cfg.get("instruction") or QA_INSTRUCTION
-        elif self.kind == "mc_dialogue":
-            items = read_mc_dialogues(Path(cfg.data_file), str(cfg.get("turns", "last")))
-            instruction = cfg.get("instruction") or DIALOGUE_INSTRUCTION
-        else:
-            raise ValueError(f"unknown text generation kind {self.kind!r}")
-        if cfg.get("limit"):
-            items = items[: int(cfg.limit)]
+            default = QA_INSTRUCTION
+        elif self.kind == "qa_jsonl":
+            items = read_qa_jsonl(Path(cfg.data_file), cfg.question_field, cfg.answer_field)
+            default = QA_INSTRUCTION
+        else:  # mc_dialogue: the config allows no other kind
+            items = read_mc_dialogues(Path(cfg.data_file), cfg.turns)
+            default = DIALOGUE_INSTRUCTION
+        # "" asks for the bare question (a model tuned on another prompt); None for the default.
+        instruction = default if cfg.instruction is None else cfg.instruction
+        if cfg.limit:
+            items = items[: cfg.limit]
         if not items:
             raise ValueError(f"{cfg.data_file}: no evaluation items")
         self.items = items
-        self.prompts = [f"{instruction}\n\n{item.prompt_body}" for item in items]
-        self.max_new_tokens = int(cfg.get("max_new_tokens", 256))
-        self.bleu_level = str(cfg.get("bleu_level", "corpus"))
+        prefix = f"{instruction}\n\n" if instruction else ""
+        self.prompts = [prefix + item.prompt_body for item in items]
+        self.max_new_tokens = cfg.max_new_tokens
+        self.bleu_level = cfg.bleu_level
 
     def meta(self) -> dict[str, Any]:
         return {
@@ -158,6 +185,10 @@ class TextGenerationTask:
         generated = model.generate(self.prompts, self.max_new_tokens, seed)
         outputs = [clean_generation(text) for text in generated]
         references = [item.reference for item in self.items]
+        records = [
+            {"id": item.item_id, "prompt": p, "output": o, "reference": item.reference, "raw": g}
+            for item, p, o, g in zip(self.items, self.prompts, outputs, generated)
+        ]
         return {
             "metrics": text_scores(outputs, references, self.bleu_level),
             "counts": {"items": len(self.items), "empty_outputs": sum(not o for o in outputs)},
@@ -165,4 +196,5 @@ class TextGenerationTask:
                 {"prompt": p, "output": o, "reference": r}
                 for p, o, r in list(zip(self.prompts, outputs, references))[:2]
             ],
+            "predictions": records,  # "raw": the generation before clean_generation cut it
         }

@@ -13,6 +13,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from megatron_chimed.config.eval import DEFAULT_SEEDS, EvalSuiteConfig, EvalTaskConfig
+from megatron_chimed.config.load import eval_section
+
 from .bias import BiasTask
 from .model_api import EvalModel, TemplatedModel
 from .multichoice import MultiChoiceTask
@@ -23,13 +26,13 @@ from .report import run_over_seeds, write_results
 T = TypeVar("T")
 Gather = Callable[[list], list[list]]  # this rank's list -> every rank's list, by rank
 
+# config/eval.py EVAL_TASKS types each kind's config; these run it.
 TASKS: dict[str, Callable[[Any], Any]] = {
     "multichoice": MultiChoiceTask,
     "text_generation": TextGenerationTask,
     "ner": NERTask,
     "bias": BiasTask,
 }
-DEFAULT_SEEDS = [0, 1, 2, 3, 4]  # the paper reports the mean of five runs
 
 
 def shard(items: Sequence[T], rank: int, world: int) -> list[T]:
@@ -69,12 +72,9 @@ def _single_process_gather(local: list) -> list[list]:
     return [local]
 
 
-def run_task(name: str, cfg: Any, model: EvalModel, seeds: list[int]) -> dict[str, Any]:
-    kind = str(cfg.get("task", ""))
-    if kind not in TASKS:
-        raise ValueError(f"eval {name}: field 'task' is {kind!r}, expected one of {sorted(TASKS)}")
-    templated = TemplatedModel(model, str(cfg.get("template", "{prompt}")))
-    return run_over_seeds(name, TASKS[kind](cfg), templated, seeds)
+def run_task(name: str, cfg: EvalTaskConfig, model: EvalModel, seeds: list[int]) -> dict[str, Any]:
+    templated = TemplatedModel(model, cfg.template)
+    return run_over_seeds(name, TASKS[cfg.task](cfg), templated, seeds)
 
 
 def run_eval(
@@ -86,31 +86,38 @@ def run_eval(
     gather: Gather | None = None,
     run_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run the task (``cfg.task`` set) or every task of a suite (``cfg.tasks``); return results.
+    """Run one task or every task of a suite (the `eval` section: typed, or a DictConfig/dict
+    that config/load.py `eval_section` types); return the results.
 
-    Rank 0 writes ``{name}.json`` (with ``run_info``, e.g. the model evaluated, under "run")
-    and ``{name}.md`` into ``out_dir``; ``out_dir=None`` writes nothing (e.g. on TP ranks > 0,
-    which share data-parallel rank 0).
+    Rank 0 writes ``{name}.json`` (with ``run_info``, e.g. the model evaluated, under "run"),
+    ``{name}.md`` and every task's predictions (report.py `predictions_path`) into
+    ``out_dir``; ``out_dir=None`` writes nothing (e.g. on TP ranks > 0, which share
+    data-parallel rank 0).
     """
     if world > 1 and gather is None:
         raise ValueError("world > 1 needs a gather function (e.g. all_gather_object)")
     if world > 1:
         model = ShardedModel(model, rank, world, gather)
-    suite_seeds = [int(s) for s in (cfg.get("seeds") or DEFAULT_SEEDS)]
-    if cfg.get("tasks"):
-        tasks = cfg.tasks
-        results = []
-        for task_name in tasks:
-            task_cfg = tasks[task_name]
-            seeds = [int(s) for s in (task_cfg.get("seeds") or suite_seeds)]
-            results.append(run_task(str(task_name), task_cfg, model, seeds))
-        stem = str(cfg.get("name", "suite"))
+    section = eval_section(cfg)
+    if section is None:
+        raise ValueError("no eval task: the eval section is empty")
+    if isinstance(section, EvalSuiteConfig):
+        suite_seeds = list(section.seeds or DEFAULT_SEEDS)
+        results = [
+            run_task(name, task, model, list(task.seeds or suite_seeds))
+            for name, task in section.tasks.items()
+        ]
+        stem = section.name
         output: dict[str, Any] = {"tasks": results}
     else:
-        stem = str(cfg.get("name", cfg.get("task", "eval")))
-        results = [run_task(stem, cfg, model, suite_seeds)]
+        stem = section.name or section.task
+        results = [run_task(stem, section, model, list(section.seeds or DEFAULT_SEEDS))]
         output = results[0]
     if rank == 0 and out_dir is not None:
-        json_path, md_path = write_results(Path(out_dir), stem, results, run_info)
-        output["files"] = {"json": str(json_path), "markdown": str(md_path)}
+        json_path, md_path, predictions = write_results(Path(out_dir), stem, results, run_info)
+        output["files"] = {
+            "json": str(json_path),
+            "markdown": str(md_path),
+            "predictions": [str(p) for p in predictions],
+        }
     return output

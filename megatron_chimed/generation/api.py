@@ -15,12 +15,12 @@ import torch
 from megatron_chimed.config.stages import GenerationConfig
 from megatron_chimed.data.template import ChatTemplate, get_template
 from megatron_chimed.generation.decode import generate_ids
-from megatron_chimed.tokenizer import ZiyaTokenizer
+from megatron_chimed.tokenizer import Tokenizer
 
 Prompt = str | list[dict[str, Any]]
 
 
-def encode_prompt(tokenizer: ZiyaTokenizer, prompt: Prompt, cfg: GenerationConfig) -> list[int]:
+def encode_prompt(tokenizer: Tokenizer, prompt: Prompt, cfg: GenerationConfig) -> list[int]:
     """Token ids the model continues: `<s>` + raw text, or `<s>` + the templated dialogue."""
     if isinstance(prompt, str):
         return tokenizer.encode(prompt, bos=True)
@@ -37,7 +37,7 @@ def cut_at_stop_strings(text: str, template: ChatTemplate) -> str:
 
 def generate(
     model: torch.nn.Module,
-    tokenizer: ZiyaTokenizer,
+    tokenizer: Tokenizer,
     prompts: list[Prompt],
     cfg: GenerationConfig,
     progress: bool = False,

@@ -1,11 +1,14 @@
 """`chimed generate` / `tools/chat.py`: chat with a Megatron checkpoint, or answer a JSONL file.
 
-    torchrun --nproc_per_node=2 tools/chat.py --checkpoint CKPT            # interactive
-    torchrun --nproc_per_node=2 tools/chat.py --checkpoint CKPT --input q.jsonl --output a.jsonl
+    chimed generate --checkpoint CKPT --tp 2                                 # interactive
+    chimed generate --checkpoint CKPT --tp 2 --input q.jsonl --output a.jsonl
+
+`--tp N` started outside torchrun starts N ranks itself (under torchrun, --tp defaults to the
+world size).
 
 Interactive: rank 0 reads a line from stdin and broadcasts it, every rank generates its shard's
-part, rank 0 prints the answer; the dialogue history is kept (`/reset` starts over, `/exit` or
-end of input quits). Batch: each input line is `{"prompt": str}` (raw model input) or
+part, rank 0 prints the answer; the dialogue history is kept (`/reset` starts over, `/exit`,
+`/quit` or end of input quits). Batch: each input line is `{"prompt": str}` (raw model input) or
 `{"messages": [{"role", "content"}, ...]}` (rendered with the chat template), plus any other
 fields; each output line is the input record with `"answers": [str, ...]` added. The output is
 written atomically once everything is generated.
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -26,14 +30,18 @@ from megatron_chimed.config.stages import GenerationConfig
 from megatron_chimed.data.jsonio import iter_jsonl
 from megatron_chimed.data.template import USER, check_messages
 from megatron_chimed.generation.api import Prompt, generate
-from megatron_chimed.tokenizer import ZiyaTokenizer
+from megatron_chimed.tokenizer import Tokenizer
 
-RESET, EXIT = "/reset", "/exit"
+MODULE = "megatron_chimed.generation.chat"
+RESET, EXITS = "/reset", ("/exit", "/quit")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="chimed generate", description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", required=True, help="checkpoint root or iter_* folder")
+    ap.add_argument(
+        "--tokenizer", type=Path, help="tokenizer folder to use instead of the checkpoint's own"
+    )
     ap.add_argument("--tp", type=int, default=None, help="tensor parallel size (default: world)")
     ap.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])
     ap.add_argument("--input", type=Path, help="JSONL of prompts: batch mode")
@@ -94,7 +102,7 @@ def read_requests(path: Path) -> list[dict]:
 
 def run_batch(
     model: torch.nn.Module,
-    tokenizer: ZiyaTokenizer,
+    tokenizer: Tokenizer,
     cfg: GenerationConfig,
     records: list[dict],
     output: Path,
@@ -124,14 +132,12 @@ def read_line_on_rank0(prompt: str) -> str | None:
     return box[0]
 
 
-def run_interactive(
-    model: torch.nn.Module, tokenizer: ZiyaTokenizer, cfg: GenerationConfig
-) -> None:
+def run_interactive(model: torch.nn.Module, tokenizer: Tokenizer, cfg: GenerationConfig) -> None:
     rank0 = dist.get_rank() == 0
     if rank0:
-        print(f"chat: {RESET} starts a new dialogue, {EXIT} quits", flush=True)
+        print(f"chat: {RESET} starts a new dialogue, {' or '.join(EXITS)} quits", flush=True)
     messages: list[dict] = []
-    while (line := read_line_on_rank0("user> ")) is not None and line.strip() != EXIT:
+    while (line := read_line_on_rank0("user> ")) is not None and line.strip() not in EXITS:
         if line.strip() == RESET:
             messages = []
         elif line.strip():
@@ -143,12 +149,21 @@ def run_interactive(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from megatron_chimed.generation.loading import load_for_generation
+    from megatron_chimed.generation.loading import checkpoint_tokenizer, load_for_generation
     from megatron_chimed.platform import destroy, initialize
 
     args = parse_args(argv)
     cfg = generation_config(args)
     records = read_requests(args.input) if args.input else None  # fail before loading weights
+    # The template renders only chat messages; raw-text prompts work with any tokenizer.
+    chats = records is None or any("messages" in r for r in records)
+    template = args.template if chats else None
+    if "LOCAL_RANK" not in os.environ and (args.tp or 1) > 1:
+        checkpoint_tokenizer(args.checkpoint, args.tokenizer, template)  # before ranks start
+        # Started by hand: one rank per TP shard, through the one torchrun launcher.
+        from megatron_chimed.launch.torchrun import torchrun
+
+        return torchrun(MODULE, args.tp, sys.argv[1:] if argv is None else argv)
     tp = args.tp or int(os.environ.get("WORLD_SIZE", 1))
     layout = initialize(tensor_parallel=tp, seed=args.seed)
     try:
@@ -157,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"chat runs one model replica: start {tp} processes for --tp {tp}, "
                 f"not {layout.world_size}"
             )
-        model, tokenizer = load_for_generation(args.checkpoint, tp, args.precision)
+        model, tokenizer = load_for_generation(
+            args.checkpoint, tp, args.precision, args.tokenizer, template
+        )
         if records is not None:
             run_batch(model, tokenizer, cfg, records, args.output)
         else:
@@ -165,3 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         destroy()
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

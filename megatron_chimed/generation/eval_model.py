@@ -10,7 +10,7 @@ from megatron_chimed.config.stages import GenerationConfig
 from megatron_chimed.eval.model_api import candidate_token_id
 from megatron_chimed.generation.api import generate
 from megatron_chimed.generation.decode import next_token_logprobs
-from megatron_chimed.tokenizer import ZiyaTokenizer
+from megatron_chimed.tokenizer import Tokenizer
 
 
 class MegatronEvalModel:
@@ -24,7 +24,7 @@ class MegatronEvalModel:
     def __init__(
         self,
         model: torch.nn.Module,
-        tokenizer: ZiyaTokenizer,
+        tokenizer: Tokenizer,
         cfg: GenerationConfig | None = None,
     ) -> None:
         self.model = model

@@ -20,7 +20,7 @@ from megatron_chimed.gpu_check.context import (
 )
 from megatron_chimed.gpu_check.results import CheckResult, skipped, verdict
 from megatron_chimed.platform.gpu_versions import check_gpu_stack, versions
-from megatron_chimed.tokenizer import ZiyaTokenizer
+from megatron_chimed.tokenizer import Tokenizer, load_tokenizer
 
 LOSS_TOLERANCE = 2e-2  # bf16: TE's fused kernels and megatron's local ones round differently
 COSINE_MIN = 0.999
@@ -161,7 +161,7 @@ def check_packed_sft(ctx: CheckContext) -> CheckResult:
     if ctx.device.type == "cuda" and not ctx.te:
         return skipped(name, f"isolated packing on a GPU needs TE's THD attention: {ctx.te_reason}")
     cfg = sft_config(ctx, ctx.work / "packed_sft")
-    stage = SFTStage(cfg, ZiyaTokenizer(ctx.tokenizer_dir))
+    stage = SFTStage(cfg, load_tokenizer(ctx.tokenizer_dir))
     rows = stage.datasets((4, 0, 0))[0].rows
     order = sorted(range(len(rows)), key=lambda i: -len(rows.samples(i)))[:2]
     batch = torch.utils.data.default_collate([rows[i] for i in order])
@@ -267,7 +267,7 @@ def check_reward(ctx: CheckContext) -> CheckResult:
     gpt = unwrap(model)
     head_device = getattr(gpt, VALUE_HEAD).weight.device
     trunk_device = gpt.embedding.word_embeddings.weight.device
-    tokenizer, template = ZiyaTokenizer(ctx.tokenizer_dir), get_template("ziya")
+    tokenizer, template = load_tokenizer(ctx.tokenizer_dir), get_template("ziya")
     texts = _reward_texts(8)
     seq = ctx.sizes.seq_length
     synchronize()
@@ -299,7 +299,7 @@ def check_reward(ctx: CheckContext) -> CheckResult:
     )
 
 
-def _prompts(tokenizer: ZiyaTokenizer, count: int) -> list[list[int]]:
+def _prompts(tokenizer: Tokenizer, count: int) -> list[list[int]]:
     """The reward sample's questions as chat prompts (`<s><human>:...\n<bot>:`)."""
     from megatron_chimed.data.template import get_template
 

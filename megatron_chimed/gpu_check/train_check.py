@@ -93,14 +93,14 @@ def optimizer_kind(optimizer: object) -> tuple[str, bool]:
 
 def check_sft_training(ctx: CheckContext) -> CheckResult:
     from megatron_chimed.checkpoint import layout
-    from megatron_chimed.tokenizer import ZiyaTokenizer
+    from megatron_chimed.tokenizer import load_tokenizer
     from megatron_chimed.training.loop import train
 
     if reason := ctx.no_fused_adam():
         return skipped("sft_train", reason)
     sizes = ctx.sizes
     n, half = sizes.train_iters, sizes.save_at
-    tokenizer = ZiyaTokenizer(ctx.tokenizer_dir)
+    tokenizer = load_tokenizer(ctx.tokenizer_dir)
     full_dir, resumed_dir = ctx.work / "sft_full", ctx.work / "sft_resumed"
     common = (
         f"training.train_iters={n}",

@@ -107,6 +107,7 @@ def render_sbatch(
         "SETUP": "\n".join(_setup_lines(cfg)) or "# (no setup lines)",
         "MASTER_PORT": str(cfg.master_port),
         "NODE_LOG": shlex.quote(f"{log_dir}/%x-%j-node%n.log"),
+        "LOG_DIR": shlex.quote(log_dir),
         "TORCHRUN": cfg.torchrun,
         "NPROC": str(cfg.nproc_per_node),
         "MODULE": module,

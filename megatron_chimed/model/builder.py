@@ -71,6 +71,46 @@ def resolve_transformer_impl(requested: str) -> str:
     return _checked_transformer_engine() if cuda and te else "local"
 
 
+def have_grad_accum_fusion_kernel() -> bool:
+    """Apex's fused_weight_gradient_mlp_cuda: megatron's ColumnParallelLinear needs it for
+    gradient_accumulation_fusion, and GPTModel's output layer is one under either layer spec
+    (TE's own linears fuse without it)."""
+    from megatron.core.tensor_parallel import layers
+
+    return bool(layers._grad_accum_fusion_available)
+
+
+_said: set[str] = set()
+
+
+def say_once(message: str) -> None:
+    """Log `message` once per process, at rank 0 only."""
+    import torch.distributed as dist
+
+    if message in _said:
+        return
+    _said.add(message)
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        log.info(message)
+
+
+def resolve_gradient_accumulation_fusion(parallel: ParallelConfig) -> bool:
+    """`parallel.gradient_accumulation_fusion` as it can run here: off on the CPU (a CUDA
+    kernel), said once; on a GPU without the kernel an error, never a silent fallback."""
+    if not parallel.gradient_accumulation_fusion:
+        return False
+    if not torch.cuda.is_available():
+        say_once("CPU run: parallel.gradient_accumulation_fusion is off (a CUDA kernel)")
+        return False
+    if not have_grad_accum_fusion_kernel():
+        raise RuntimeError(
+            "parallel.gradient_accumulation_fusion=true needs Apex's fused_weight_gradient_mlp_cuda"
+            " (megatron's output layer uses it): build Apex with --cpp_ext --cuda_ext (README) or "
+            "set parallel.gradient_accumulation_fusion=false"
+        )
+    return True
+
+
 def transformer_config(
     model: ModelConfig, parallel: ParallelConfig, precision: Precision = "fp32"
 ) -> TransformerConfig:  # noqa: F821
@@ -81,6 +121,13 @@ def transformer_config(
         raise ValueError(f"precision={precision!r}: expected one of {sorted(DTYPES)}")
     tp = parallel.tensor_model_parallel_size
     model.validate(tensor_parallel=tp)
+    parallel.validate()
+    layers = parallel.recompute_num_layers
+    if layers is not None and layers > model.num_layers:
+        raise ValueError(
+            f"parallel.recompute_num_layers={layers} is more than "
+            f"model.num_layers={model.num_layers}"
+        )
     impl = resolve_transformer_impl(model.transformer_impl)
     on_gpu = torch.cuda.is_available()
     sequence_parallel = parallel.sequence_parallel and tp > 1
@@ -113,7 +160,7 @@ def transformer_config(
         attention_backend=_attention_backend(model, impl),
         # The fused kernels are CUDA-only; on the CPU every one of them must be off.
         use_cpu_initialization=not on_gpu,
-        gradient_accumulation_fusion=False,
+        gradient_accumulation_fusion=resolve_gradient_accumulation_fusion(parallel),
         bias_activation_fusion=on_gpu,
         bias_dropout_fusion=on_gpu,
         masked_softmax_fusion=on_gpu,
@@ -122,6 +169,11 @@ def transformer_config(
         # Losses are per token (training/loss.py): megatron's DDP sums gradients and
         # finalize_model_grads divides them by the global batch's loss-token count.
         calculate_per_token_loss=True,
+        # Activation recompute, validated by ParallelConfig (selective: core attention only,
+        # megatron's default recompute_modules).
+        recompute_granularity=parallel.recompute_granularity,
+        recompute_method=parallel.recompute_method,
+        recompute_num_layers=parallel.recompute_num_layers,
     )
 
 

@@ -105,14 +105,14 @@ def _preprocess(ctx: Context) -> dict[str, Any]:
 
     p = ctx.pipeline
     stats = preprocess(p.pretrain_files, ctx.run_dir / "data" / "cpt", ctx.tokenizer,
-                       workers=p.preprocess_workers)  # fmt: skip
+                       json_keys=[p.pretrain_text_field], workers=p.preprocess_workers)  # fmt: skip
     return {"documents": stats.documents, "tokens": stats.tokens}
 
 
 def _cpt(ctx: Context) -> dict[str, Any]:
     from megatron_chimed.data.indexed import output_prefix
 
-    prefix = output_prefix(ctx.run_dir / "data" / "cpt", "text")
+    prefix = output_prefix(ctx.run_dir / "data" / "cpt", ctx.pipeline.pretrain_text_field)
     return ctx.train("cpt", f"data.blend=[1.0,{prefix}]")
 
 

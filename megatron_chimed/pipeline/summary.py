@@ -4,32 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from megatron_chimed.atomic import atomic_write_text
 from megatron_chimed.pipeline.steps import read_marker
+from megatron_chimed.plot import curves_of, draw, loss_key, read_metrics
 
 TRAINING_STEPS = ("cpt", "sft", "rm", "rs")
-
-
-def read_metrics(path: Path) -> dict[str, dict[int, dict[str, Any]]]:
-    """metrics.jsonl as {split: {iteration: record}}; a resumed run repeats some iterations,
-    and the last record of an iteration is the one that counts."""
-    out: dict[str, dict[int, dict[str, Any]]] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            record = json.loads(line)
-            out.setdefault(record["split"], {})[record["iteration"]] = record
-    return out
 
 
 def stage_metrics(run_dir: Path, step: str) -> list[Path]:
     """Every metrics.jsonl a training step wrote (RS writes one per fine-tuning round)."""
     return sorted((run_dir / step).rglob("metrics.jsonl"))
-
-
-def loss_key(record: dict[str, Any]) -> str | None:
-    return next((k for k in record if k.endswith("loss")), None)
 
 
 def _final(run_dir: Path, step: str) -> tuple[str, str]:
@@ -64,34 +49,15 @@ def _eval_lines(run_dir: Path) -> list[str]:
 
 
 def plot_losses(run_dir: Path, out: Path) -> bool:
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on cluster nodes
-    import matplotlib.pyplot as plt
-
+    """One panel per training step (and RS round) of the pipeline."""
     curves = []
     for step in TRAINING_STEPS:
         for path in stage_metrics(run_dir, step):
-            train = read_metrics(path).get("train", {})
-            key = loss_key(next(iter(train.values()), {}))
-            if key:
-                label = step if path.parent == run_dir / step else f"{step}/{path.parent.name}"
-                curves.append((label, key, sorted(train.items())))
-    if not curves:
-        return False
-    fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.2), squeeze=False)
-    for ax, (label, key, points) in zip(axes[0], curves):
-        ax.plot([i for i, _ in points], [r[key] for _, r in points], marker=".")
-        ax.set_title(label)
-        ax.set_xlabel("iteration")
-        ax.set_ylabel(key)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = out.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(out)
-    return True
+            label = step if path.parent == run_dir / step else f"{step}/{path.parent.name}"
+            curves += [c for c in curves_of(path, label) if c.split == "train" and c.points]
+    if curves:
+        draw(curves, out, panel_by="label")
+    return bool(curves)
 
 
 def write_summary(run_dir: Path, steps: list[str]) -> str:

@@ -4,8 +4,8 @@ megatron-core assumes a GPU in a few dozen places (``torch.cuda.current_device()
 the CUDA RNG tracker, ``device="cuda"`` literals, CUDA streams and events). On a CPU-only machine
 we redirect exactly those sites to the CPU. Every patch is a row of ``PATCHES``: what it replaces,
 the megatron-core site it covers, and a ``canary`` that calls that site unpatched and must fail.
-``tests/test_cpu_compat.py`` runs each canary in a fresh process; the day one stops failing,
-megatron-core has fixed the site and the patch should be deleted.
+``tests/platform/test_cpu_compat.py`` runs each canary in a fresh process; the day one stops
+failing, megatron-core has fixed the site and the patch should be deleted.
 
 Nothing here runs on a machine with CUDA: ``apply()`` is a no-op there, so GPU runs use
 megatron-core exactly as shipped.
@@ -17,6 +17,7 @@ import contextlib
 import importlib
 import sys
 import types
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -394,6 +395,8 @@ def apply(without: str | None = None) -> bool:
     if torch.cuda.is_available():
         return False
     if not _applied:
+        # Torch's AdamW is what runs here, by design: megatron's warning about it is noise.
+        warnings.filterwarnings("ignore", "Transformer Engine and Apex are not installed")
         # Import every target before patching any, so that a module importing a patched name
         # (fused_softmax takes get_default_causal_mask by name) holds the original until its own
         # row replaces it: each row then covers its site on its own.

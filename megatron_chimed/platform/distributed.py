@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from megatron_chimed import lifetime
 from megatron_chimed.platform import cpu_compat
 
 
@@ -50,6 +51,10 @@ def initialize(
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        # torchrun starts each rank in a session of its own: if the agent dies (kill -9, or a
+        # signal it does not handle), nothing else would stop the rank, which would train on.
+        lifetime.die_with_parent()
     rank = int(os.environ.get("RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from megatron_chimed.config.stages import RSConfig
 from megatron_chimed.data.sft import SFTDataConfig
-from megatron_chimed.data.sft.readers import get_reader
+from megatron_chimed.data.sft.readers import read_source
 from megatron_chimed.data.template import ASSISTANT, USER
 from megatron_chimed.rejection_sampling import files
 from megatron_chimed.rejection_sampling.selection import kept_records, kept_stats, score_stats
@@ -64,19 +64,22 @@ def rank0() -> bool:
 
 
 def single_turn_prompts(data: SFTDataConfig) -> list[dict]:
-    """Every distinct single-turn prompt of the SFT sources, with the source's instruction put
-    before it as the SFT encoder does. Single-turn only: the reward model scores a (prompt,
-    answer) pair, and a ShareGPT record with history would also train the history's answers."""
+    """Every distinct single-turn prompt of the SFT sources, with the record's system prompt or
+    else the source's instruction put before it, as the SFT encoder does. Single-turn only: the
+    reward model scores a (prompt, answer) pair, and a ShareGPT record with history would also
+    train the history's answers. A prompt-only source (format qa, `columns.response: null`,
+    any file type) gives its prompts too."""
     seen, prompts = set(), []
     for source in data.sources:
-        records = get_reader(source.reader)(Path(source.path), source.name)
+        records = read_source(source)
         for record in tqdm(records, desc=f"RS prompts {source.name}", disable=not rank0()):
             messages = record["messages"]
-            if [m["role"] for m in messages] != [USER, ASSISTANT]:
+            if [m["role"] for m in messages] not in ([USER, ASSISTANT], [USER]):
                 continue
             text = messages[0]["content"].strip()
-            if source.instruction:
-                text = f"{source.instruction}\n\n{text}"
+            instruction = record.get("system") or source.instruction
+            if text and instruction:
+                text = f"{instruction}\n\n{text}"
             if text and text not in seen:
                 seen.add(text)
                 prompts.append({"source": source.name, "prompt": text})
@@ -194,11 +197,11 @@ def fine_tune(rnd: Round, out: Path) -> dict | None:
     optimizer and training settings (conf/stage/rs.yaml). Its run_dir is `out`: checkpoints,
     metrics and resume work as for any stage. None when the loop stopped early (preemption)."""
     from megatron_chimed.stages.sft import SFTStage
-    from megatron_chimed.tokenizer import ZiyaTokenizer
+    from megatron_chimed.tokenizer import load_tokenizer
     from megatron_chimed.training.loop import train
 
     cfg = sft_run_config(rnd, out)
-    state = train(cfg, SFTStage(cfg, ZiyaTokenizer(rnd.tokenizer_dir)), rnd.tokenizer_dir)
+    state = train(cfg, SFTStage(cfg, load_tokenizer(rnd.tokenizer_dir)), rnd.tokenizer_dir)
     if state.status != "done":
         return None
     return {"iterations": state.iteration, "checkpoints": str(out / "checkpoints")}

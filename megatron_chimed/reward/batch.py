@@ -20,7 +20,7 @@ from megatron_chimed.reward.data import (
     RankedRecord,
     check_distinct,
 )
-from megatron_chimed.tokenizer import ZiyaTokenizer
+from megatron_chimed.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def make_pairs(mode: str, k: int) -> list[Pair]:
 
 def encode_response(
     template: ChatTemplate,
-    tokenizer: ZiyaTokenizer,
+    tokenizer: Tokenizer,
     record: RankedRecord,
     rank: int,
     seq_length: int,
@@ -89,7 +89,7 @@ class RankedExample:
 def make_example(
     record: RankedRecord,
     template: ChatTemplate,
-    tokenizer: ZiyaTokenizer,
+    tokenizer: Tokenizer,
     seq_length: int,
     pairing: str,
     instruction: str | None = None,
@@ -126,7 +126,7 @@ def make_example(
 def encode_records(
     records: Sequence[RankedRecord],
     template: ChatTemplate,
-    tokenizer: ZiyaTokenizer,
+    tokenizer: Tokenizer,
     seq_length: int,
     pairing: str,
     instruction: str | None = None,

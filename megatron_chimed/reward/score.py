@@ -1,7 +1,8 @@
 """`tools/score.py`: score a JSONL of (prompt, response) with a reward-model checkpoint.
 
-    torchrun --nproc_per_node=2 tools/score.py --checkpoint RM_CKPT --input in.jsonl \
-        --output scored.jsonl
+    python tools/score.py --tp 2 --checkpoint RM_CKPT --input in.jsonl --output scored.jsonl
+
+(`--tp N` started outside torchrun starts its N ranks itself.)
 
 Each input line is `{"prompt": str, "response": str, ...}` (field names configurable); each
 output line is the input record with `"score": float` added, in input order, written atomically
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -35,12 +37,12 @@ from megatron_chimed.reward.batch import (
 )
 from megatron_chimed.reward.data import RankedRecord
 from megatron_chimed.reward.model import build_reward_model
-from megatron_chimed.tokenizer import ZiyaTokenizer
+from megatron_chimed.tokenizer import Tokenizer, load_tokenizer
 
 
 def load_reward_model(
     checkpoint: str | Path, tensor_parallel: int, precision: Precision = "bf16"
-) -> tuple[torch.nn.Module, ZiyaTokenizer, int]:
+) -> tuple[torch.nn.Module, Tokenizer, int]:
     """This rank's RM shard with the checkpoint's weights, its tokenizer, its context length
     (megatron parallel state must be initialised with the same TP)."""
     ckpt_dir = layout.resolve(checkpoint)
@@ -48,14 +50,14 @@ def load_reward_model(
     parallel = ParallelConfig(tensor_model_parallel_size=tensor_parallel)
     model = build_reward_model(model_cfg, parallel, precision)
     load_model_weights(model, ckpt_dir)
-    tokenizer = ZiyaTokenizer(tokenizer_dir(ckpt_dir))
+    tokenizer = load_tokenizer(tokenizer_dir(ckpt_dir))
     return model.eval(), tokenizer, model_cfg.max_position_embeddings
 
 
 @torch.no_grad()
 def score_texts(
     model: torch.nn.Module,
-    tokenizer: ZiyaTokenizer,
+    tokenizer: Tokenizer,
     texts: list[tuple[str, str]],
     template: ChatTemplate,
     seq_length: int,
@@ -77,7 +79,7 @@ def score_texts(
     return scores
 
 
-def read_requests(path: Path, prompt_field: str, response_field: str) -> list[dict]:
+def read_scoring_records(path: Path, prompt_field: str, response_field: str) -> list[dict]:
     """The JSONL records, each with string `prompt_field` and `response_field`."""
     records = []
     for where, record in iter_jsonl(path):
@@ -107,7 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     from megatron_chimed.platform import destroy, initialize
 
     args = parse_args(argv)
-    records = read_requests(args.input, args.prompt_field, args.response_field)
+    records = read_scoring_records(args.input, args.prompt_field, args.response_field)
+    if "LOCAL_RANK" not in os.environ and (args.tp or 1) > 1:
+        # Started by hand: one rank per TP shard, through the one torchrun launcher.
+        from megatron_chimed.launch.torchrun import torchrun
+
+        return torchrun("megatron_chimed.reward.score", args.tp, argv or sys.argv[1:])
     tensor_parallel = args.tp or int(os.environ.get("WORLD_SIZE", "1"))
     initialize(tensor_parallel=tensor_parallel)
     try:
@@ -132,3 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         destroy()
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

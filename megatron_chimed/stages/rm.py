@@ -3,7 +3,8 @@
 Each sample is one prompt with its K ranked responses; a micro-batch of B prompts is B x K
 forwards, and the loss is the mean over the global batch's pairs of
 -log sigmoid(r_better - r_worse - margin). Validation reports the loss, pairwise accuracy and
-full-ranking accuracy; `test_report` writes the same for the test split as JSON.
+full-ranking accuracy; `test_report` writes the same for the test split (if `data.test` is set)
+as JSON.
 
 The paper's schedule is given in epochs (2 epochs, batch 8, warm-up 3% of the steps but at
 least 5), so the stage turns it into `training.train_iters` and `optim.warmup_iters` from the
@@ -46,7 +47,7 @@ from megatron_chimed.training.stage import Datasets, ForwardStepResult, Stage
 
 if TYPE_CHECKING:
     from megatron_chimed.config import RunConfig
-    from megatron_chimed.tokenizer import ZiyaTokenizer
+    from megatron_chimed.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -107,16 +108,20 @@ class RankedDataset(torch.utils.data.Dataset):
 class RewardStage(Stage):
     hf_architecture = "LlamaForSequenceClassification"
 
-    def __init__(self, cfg: RunConfig, tokenizer: ZiyaTokenizer) -> None:
+    def __init__(self, cfg: RunConfig, tokenizer: Tokenizer) -> None:
         super().__init__(cfg, tokenizer)
         merged = OmegaConf.merge(OmegaConf.structured(RewardDataConfig), cfg.data or {})
         self.data: RewardDataConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
         self.rm = cfg.rm
+        # The test split is optional: a data set may come without one (or keep it aside).
+        splits = ("train", "valid", "test") if self.data.test else ("train", "valid")
+        if not self.data.test:
+            log.info("rm: data.test is not set: no test split, no test metrics (%s)", TEST_REPORT)
         self.splits = {
             split: self._encode(
                 split, self.rm.pairing if split == "train" else self.rm.eval_pairing
             )
-            for split in ("train", "valid", "test")
+            for split in splits
         }
         self._schedule = rm_schedule(
             self.rm,
@@ -141,7 +146,7 @@ class RewardStage(Stage):
     def _encode(self, split: str, pairing: str) -> RankedDataset:
         path = getattr(self.data, split)
         if not path:
-            raise ValueError(f"data.{split}: no file given (the rm stage needs train, valid, test)")
+            raise ValueError(f"data.{split}: no file given (the rm stage needs train and valid)")
         records, _ = read_ranked_jsonl(path, self.data)
         seq_length = self.cfg.training.seq_length
         examples = encode_records(
@@ -174,7 +179,7 @@ class RewardStage(Stage):
         return (
             Epochs(shuffled, num_samples[0], self.cfg.seed),
             self.splits["valid"],
-            self.splits["test"],
+            self.splits.get("test"),
         )
 
     def forward_step(self, data_iterator: Iterator, model: torch.nn.Module) -> ForwardStepResult:
@@ -193,7 +198,9 @@ class RewardStage(Stage):
     def test_report(self, model: torch.nn.Module) -> dict:
         """Loss, pairwise and full-ranking accuracy on the whole test split; rank 0 writes them
         to run_dir/rm_test_report.json. Every rank scores the whole split (a few hundred
-        sequences), micro-batch by micro-batch."""
+        sequences), micro-batch by micro-batch. Without a test split: nothing (said at start)."""
+        if "test" not in self.splits:
+            return {}
         test = self.splits["test"]
         batch_size = self.cfg.training.micro_batch_size
         model.eval()

@@ -24,13 +24,13 @@ from megatron_chimed.data.sft import (
     packed_sft_dataset,
 )
 from megatron_chimed.model import resolve_transformer_impl
-from megatron_chimed.tokenizer import ZiyaTokenizer
+from megatron_chimed.tokenizer import Tokenizer
 from megatron_chimed.training.loss import masked_lm_loss
 from megatron_chimed.training.stage import Datasets, ForwardStepResult, Stage
 
 
 class SFTStage(Stage):
-    def __init__(self, cfg: RunConfig, tokenizer: ZiyaTokenizer) -> None:
+    def __init__(self, cfg: RunConfig, tokenizer: Tokenizer) -> None:
         super().__init__(cfg, tokenizer)
         resuming = layout.read_latest(Path(cfg.run_dir) / "checkpoints") is not None
         if not cfg.checkpoint.load and not resuming:

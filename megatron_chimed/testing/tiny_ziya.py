@@ -174,3 +174,15 @@ def make_tiny_ziya(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def read_hf_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of an HF folder (safetensors and .bin shards), by name."""
+    from safetensors.torch import load_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        tensors.update(load_file(path))
+    for path in sorted(folder.glob("*.bin")):
+        tensors.update(torch.load(path, weights_only=True))
+    return tensors

@@ -2,10 +2,14 @@
 
 A training checkpoint `ROOT/iter_N/` holds, in one megatron dist_checkpointing (torch_dist)
 save: "model" (the model's sharded state dict, the key the converter uses too), "optimizer"
-(distributed optimizer state in `checkpoint.optimizer_format`, see below) and "rng" (per TP
-rank); `chimed.json` holds the scheduler, iteration, consumed samples, the resolved config and
-the optimizer format with the TP and DP sizes it was saved at. `latest` is moved only after all
-ranks finished writing, so a job killed mid-save resumes from the previous complete checkpoint.
+(distributed optimizer state in `checkpoint.optimizer_format`, see below) and "rng" (tensors per
+TP rank, training/rng_state.py); `chimed.json` holds the scheduler, iteration, consumed samples,
+the resolved config and the optimizer format with the TP and DP sizes it was saved at, and
+`manifest.json` every file's size and CRC32 (checkpoint/manifest.py). `latest` is moved only
+after all ranks finished writing, so a job killed mid-save resumes from the previous complete
+checkpoint; a save checks the free space first and removes its folder when it fails
+(training/save_space.py). A load unpickles nothing that could run code
+(checkpoint/safe_load.py); which checkpoint it reads is checkpoint/verified.py's choice.
 
 Optimizer formats (megatron-core's `distrib_optim_sharding_type`):
 - `dp_reshardable` (default, Megatron-LM's for large runs): each rank writes and reads only its
@@ -26,17 +30,17 @@ or a previous stage's output), which the loop uses for `checkpoint.load`.
 from __future__ import annotations
 
 import logging
-import random
 import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
-from megatron_chimed.checkpoint import layout
+from megatron_chimed.checkpoint import CheckpointError, interop, layout, manifest, safe_load
 from megatron_chimed.config.schema import check_optimizer_format
+from megatron_chimed.training import resume_checks, rng_state, save_space
+from megatron_chimed.training.optim import restore_schedule
 
 log = logging.getLogger("megatron_chimed.train")
 
@@ -60,55 +64,19 @@ def _model_state(ddp: torch.nn.Module) -> dict:
     return ddp.module.sharded_state_dict()
 
 
-def _rng_state() -> dict:
-    from megatron.core import parallel_state, tensor_parallel
-
-    return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
-        "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
-        "tp_rank": parallel_state.get_tensor_model_parallel_rank(),
-    }
-
-
-def _sharded_rng(rng: dict) -> Any:
-    """One object per TP rank; DP replicas hold the same streams (replica_id = DP rank)."""
-    from megatron.core import parallel_state
-    from megatron.core.dist_checkpointing.mapping import ShardedObject
-
-    return ShardedObject(
-        "rng_state",
-        rng,
-        (parallel_state.get_tensor_model_parallel_world_size(),),
-        (parallel_state.get_tensor_model_parallel_rank(),),
-        replica_id=parallel_state.get_data_parallel_rank(),
-    )
-
-
-def _set_rng_state(rng: dict) -> None:
-    from megatron.core import tensor_parallel
-
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    torch.set_rng_state(rng["torch"])
-    if rng["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(rng["cuda"])
-    tensor_parallel.get_cuda_rng_tracker().set_states(rng["tracker"])
-
-
 def _sharded_state(
-    ddp: torch.nn.Module, optimizer: Any, optimizer_format: str, is_loading: bool
+    ddp: torch.nn.Module, optimizer: Any, optimizer_format: str, is_loading: bool, rng: Any
 ) -> dict:
     model_sd = _model_state(ddp)
-    return {
+    state = {
         "model": model_sd,
         "optimizer": optimizer.sharded_state_dict(
             model_sd, is_loading=is_loading, metadata=dict(_SHARDING[optimizer_format])
         ),
-        "rng": _sharded_rng(_rng_state()),
     }
+    if rng is not None:
+        state["rng"] = rng
+    return state
 
 
 def _dp_group() -> dist.ProcessGroup:
@@ -163,50 +131,73 @@ def save(
     metadata: dict[str, Any],
     tokenizer_dir: str | Path | None = None,
     optimizer_format: str = "dp_reshardable",
+    keep_last: int | None = None,
 ) -> Path:
     """Write iteration `iteration` under `root` on every rank; move `latest` when complete.
-    `optimizer_format`: the run's `checkpoint.optimizer_format`."""
+    `optimizer_format`: the run's `checkpoint.optimizer_format`; `keep_last`: its
+    `checkpoint.keep_last`, used to make room first when the disk is short."""
     from megatron.core import dist_checkpointing, parallel_state
 
     fmt = check_optimizer_format(optimizer_format)
+    root = Path(root)
     target = layout.iteration_dir(root, iteration)
-    if dist.get_rank() == 0:
-        # A folder left by a save that died half-way (latest never named it) is garbage.
-        shutil.rmtree(target, ignore_errors=True)
-        target.mkdir(parents=True)
-        if tokenizer_dir is not None:
-            _copy_tokenizer(Path(tokenizer_dir), Path(root) / layout.TOKENIZER)
+    rng = rng_state.sharded(rng_state.capture())
+    state = _sharded_state(ddp, optimizer, fmt, is_loading=False, rng=rng)
+    needed = save_space.estimate(root, state)
+    # Every rank has sized `latest` before rank 0 may remove it below (re-saving the iteration
+    # `latest` names, after a fallback from a corrupt newer one).
     dist.barrier()
-    dist_checkpointing.save(
-        _sharded_state(ddp, optimizer, fmt, is_loading=False), str(target), _save_strategy(fmt)
-    )
-    dist.barrier()  # every rank's shards are on disk before the pointer moves
-    if dist.get_rank() == 0:
-        layout.write_metadata(
-            target,
-            {
-                **metadata,
-                "kind": "train",
-                "iteration": iteration,
-                "scheduler": scheduler.state_dict(),
-                # What resume needs to read the optimizer back, and to say what it reshards.
-                "optimizer_format": fmt,
-                "tensor_parallel": parallel_state.get_tensor_model_parallel_world_size(),
-                "data_parallel": parallel_state.get_data_parallel_world_size(),
-            },
-        )
-        layout.write_latest(root, iteration)
+    writes = manifest.WriteLog()
+    rank0 = dist.get_rank() == 0
+    try:
+        if rank0:
+            # A folder left by a save that died half-way (latest never named it) is garbage.
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir(parents=True)
+            if tokenizer_dir is not None:
+                layout.copy_tokenizer(tokenizer_dir, root / layout.TOKENIZER, overwrite=False)
+        dist.barrier()
+        make_room = (lambda: prune(root, keep_last - 1, spare=target)) if keep_last else None
+        save_space.ensure_room(target, needed, make_room)
+        with manifest.record_writes(target, writes):
+            dist_checkpointing.save(state, str(target), _save_strategy(fmt))
+        metadata = {
+            **metadata,
+            "kind": "train",
+            "iteration": iteration,
+            "scheduler": scheduler.state_dict(),
+            # What resume needs to read the optimizer back, and to say what it reshards.
+            "optimizer_format": fmt,
+            "tensor_parallel": parallel_state.get_tensor_model_parallel_world_size(),
+            "data_parallel": parallel_state.get_data_parallel_world_size(),
+        }
+        # Megatron-LM's args (common.pt) and Bridge's run_config.yaml, before the manifest
+        # so that it checksums them.
+        metadata = interop.write(target, metadata)
+        # Every rank's shards are on disk once the manifest's gather returns.
+        manifest.write(target, writes, {layout.METADATA: manifest.metadata_bytes(metadata)})
+        if rank0:
+            layout.write_metadata(target, metadata)
+            layout.write_latest(root, iteration)
+    except BaseException as err:
+        save_space.failed(err, target, needed, writes)
     dist.barrier()
     return target
 
 
-def prune(root: str | Path, keep_last: int) -> None:
-    """Remove all but the newest `keep_last` complete checkpoints (rank 0 only)."""
+def prune(root: str | Path, keep_last: int, spare: Path | None = None) -> None:
+    """Remove all but the newest `keep_last` complete checkpoints, never `latest` (rank 0
+    only). With `spare` (a save making room for that folder): also the folders of saves that
+    never completed."""
     latest = layout.read_latest(root)
-    done = sorted(p for p in Path(root).glob("iter_*") if (p / layout.METADATA).is_file())
-    for old in done[:-keep_last]:
-        if old != latest:
-            shutil.rmtree(old, ignore_errors=True)
+    folders = sorted(Path(root).glob("iter_*"))
+    done = [p for p in folders if (p / layout.METADATA).is_file()]
+    old = done[: max(len(done) - keep_last, 0)]
+    if spare is not None:
+        old += [p for p in folders if p not in done and p != spare]
+    for folder in old:
+        if folder != latest:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def saved_optimizer_format(ckpt_dir: Path, metadata: dict[str, Any]) -> str:
@@ -274,7 +265,8 @@ def _check_resharding(ckpt_dir: Path, metadata: dict[str, Any], fmt: str, optimi
 
 @torch.no_grad()  # the loads write into fp32 main params that are views of the model's leaves
 def resume(ckpt_dir: Path, ddp: torch.nn.Module, optimizer: Any, scheduler: Any) -> dict:
-    """Load everything from a training checkpoint; return its chimed.json metadata."""
+    """Load everything from a training checkpoint; return its chimed.json metadata. Nothing
+    stored in it is unpickled beyond plain data and tensors (checkpoint/safe_load.py)."""
     from megatron.core import dist_checkpointing
 
     metadata = layout.read_metadata(ckpt_dir)
@@ -283,21 +275,32 @@ def resume(ckpt_dir: Path, ddp: torch.nn.Module, optimizer: Any, scheduler: Any)
             f"{ckpt_dir}: a {metadata.get('kind')!r} checkpoint has no optimizer state; "
             "start from it with checkpoint.load instead"
         )
+    index = safe_load.read_index(ckpt_dir)  # before megatron unpickles the same bytes
+    safe_load.check_files(ckpt_dir, index)
     # The checkpoint's own format, whatever this run saves in: old checkpoints resume as written.
     fmt = saved_optimizer_format(ckpt_dir, metadata)
     _check_resharding(ckpt_dir, metadata, fmt, optimizer)
-    state = dist_checkpointing.load(
-        _sharded_state(ddp, optimizer, fmt, is_loading=True), str(ckpt_dir), _load_strategy(fmt)
-    )
+    kind, rng = rng_state.load_request(index, ckpt_dir)
+    request = _sharded_state(ddp, optimizer, fmt, is_loading=True, rng=rng)
+    allow = rng_state.LEGACY_GLOBALS if kind == "legacy" else ()
+    refused = None
+    try:
+        with safe_load.no_pickled_code(ckpt_dir, allow):
+            state = dist_checkpointing.load(request, str(ckpt_dir), _load_strategy(fmt))
+        safe_load.check_extra_state(ckpt_dir, state["model"])
+    except CheckpointError as err:
+        refused = str(err)
+    # Each rank reads its own items: one refusing must stop all, not leave them in a collective.
+    found: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(found, refused)
+    if any(found):
+        raise CheckpointError(next(f for f in found if f))
     ddp.module.load_state_dict(state["model"])
+    resume_checks.adopt_param_groups(state["optimizer"], optimizer)  # this run's LR schedule
     optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(metadata["scheduler"])
-    _set_rng_state(state["rng"])
+    restore_schedule(scheduler, metadata["scheduler"])
+    if kind == "tensors":
+        rng_state.restore(state["rng"])
+    elif kind == "legacy":
+        rng_state.restore_legacy(state["rng"])
     return metadata
-
-
-def _copy_tokenizer(src: Path, dst: Path) -> None:
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in layout.TOKENIZER_FILES:
-        if (src / name).is_file() and not (dst / name).is_file():
-            shutil.copy2(src / name, dst / name)

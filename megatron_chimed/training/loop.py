@@ -24,12 +24,12 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from megatron_chimed.checkpoint import layout
+from megatron_chimed.checkpoint import layout, verified
 from megatron_chimed.config.schema import RunConfig, TrainingConfig
 from megatron_chimed.platform import compute_device, seed_everything
-from megatron_chimed.training import checkpointing
-from megatron_chimed.training.metrics import MetricsLogger
-from megatron_chimed.training.optim import build_optimizer, wrap_ddp
+from megatron_chimed.training import checkpointing, resume_checks
+from megatron_chimed.training.metrics import MetricsLogger, log
+from megatron_chimed.training.optim import build_optimizer, params_gathered, wrap_ddp
 from megatron_chimed.training.preemption import PreemptionFlag
 from megatron_chimed.training.stage import Stage
 
@@ -138,21 +138,31 @@ def train(cfg: RunConfig, stage: Stage, tokenizer_dir: str | Path | None = None)
 
     ckpt_root = Path(cfg.run_dir) / "checkpoints"
     iteration = consumed = 0
-    latest = layout.read_latest(ckpt_root)
+    # Checked against their manifests first: a corrupt `latest` falls back to an earlier one.
+    on_corrupt = cfg.checkpoint.on_corrupt
+    latest = verified.resume_point(ckpt_root, on_corrupt)
     if latest is not None:
+        resume_checks.check(latest, layout.read_metadata(latest), cfg)
         state = checkpointing.resume(latest, ddp, optimizer, scheduler)
         iteration, consumed = state["iteration"], state["consumed_samples"]
+        if dist.get_rank() == 0:
+            log.info("resumed from iteration %d (consumed %d samples): %s", iteration, consumed,
+                     latest)  # fmt: skip
     elif cfg.checkpoint.load:
-        stage.load_weights(model, cfg.checkpoint.load)
+        stage.load_weights(model, str(verified.load_point(cfg.checkpoint.load, on_corrupt)))
 
     train_ds, valid_ds, _ = stage.datasets(_total_samples(t))
     data = _loader(train_ds, consumed, t)
     rank0 = dist.get_rank() == 0
-    metrics = MetricsLogger(cfg.run_dir, enabled=rank0, tensorboard=t.tensorboard)
+    metrics = MetricsLogger(cfg.run_dir, rank0, t.tensorboard, total_iters=t.train_iters)
     resolved = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
     stage_name = type(stage).__name__
 
     def save() -> None:
+        with params_gathered(ddp):
+            _save()
+
+    def _save() -> None:
         checkpointing.save(
             ckpt_root,
             iteration,
@@ -170,6 +180,7 @@ def train(cfg: RunConfig, stage: Stage, tokenizer_dir: str | Path | None = None)
             },
             tokenizer_dir,
             cfg.checkpoint.optimizer_format,
+            cfg.checkpoint.keep_last,
         )
         if rank0 and cfg.checkpoint.keep_last:
             checkpointing.prune(ckpt_root, cfg.checkpoint.keep_last)
@@ -206,14 +217,16 @@ def train(cfg: RunConfig, stage: Stage, tokenizer_dir: str | Path | None = None)
             )
             window, grad_norms, window_start = [], [], time.perf_counter()
         if valid_ds is not None and t.eval_interval and iteration % t.eval_interval == 0:
-            metrics.log("valid", iteration, _evaluate(ddp, stage, valid_ds, t, num_micro))
+            with params_gathered(ddp):
+                metrics.log("valid", iteration, _evaluate(ddp, stage, valid_ds, t, num_micro))
 
         stop = preemption.requested()
         if stop or iteration == t.exit_after:
             status = "preempted" if stop else "exit"
             save()
             break
-        if iteration % cfg.checkpoint.save_interval == 0 or iteration == t.train_iters:
+        every = cfg.checkpoint.save_interval  # 0: only at the end
+        if (every and iteration % every == 0) or iteration == t.train_iters:
             save()
     metrics.close()
     if status == "done":

@@ -17,8 +17,11 @@ log = logging.getLogger("megatron_chimed.train")
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: str | Path, enabled: bool, tensorboard: bool = True) -> None:
+    def __init__(
+        self, run_dir: str | Path, enabled: bool, tensorboard: bool = True, total_iters: int = 0
+    ) -> None:
         self.enabled = enabled
+        self.total_iters = total_iters  # > 0: training lines end with the time left
         self.writer = None
         self.jsonl = None
         if not enabled:
@@ -41,6 +44,8 @@ class MetricsLogger:
                 self.writer.add_scalar(f"{split}/{name}", value, iteration)
             self.writer.flush()
         shown = " | ".join(f"{k} {_fmt(v)}" for k, v in values.items())
+        if split == "train" and self.total_iters and "step_s" in values:
+            shown += f" | ETA {eta(self.total_iters - iteration, values['step_s'])}"
         log.info("%s iter %d | %s", split, iteration, shown)
 
     def close(self) -> None:
@@ -54,3 +59,12 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}" if abs(value) < 1e-2 or abs(value) >= 1e5 else f"{value:.4f}"
     return str(value)
+
+
+def eta(steps_left: int, step_s: float) -> str:
+    """Time left at the current step time: `1d03h`, `2h05m`, `4m10s`."""
+    s = max(0, round(steps_left * step_s))
+    days, hours, minutes = s // 86400, s // 3600 % 24, s // 60 % 60
+    if days:
+        return f"{days}d{hours:02d}h"
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{s % 60:02d}s"

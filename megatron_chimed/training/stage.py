@@ -33,7 +33,7 @@ import torch
 
 if TYPE_CHECKING:
     from megatron_chimed.config.schema import OptimConfig, RunConfig, TrainingConfig
-    from megatron_chimed.tokenizer import ZiyaTokenizer
+    from megatron_chimed.tokenizer import Tokenizer
 
 Datasets = tuple[Any, Any | None, Any | None]
 ForwardStepResult = tuple[torch.Tensor, Callable[[torch.Tensor], tuple]]
@@ -45,7 +45,7 @@ class Stage:
     # The HF class its checkpoints export to (megatron_chimed/convert/mapping.py).
     hf_architecture = "LlamaForCausalLM"
 
-    def __init__(self, cfg: RunConfig, tokenizer: ZiyaTokenizer) -> None:
+    def __init__(self, cfg: RunConfig, tokenizer: Tokenizer) -> None:
         self.cfg, self.tokenizer = cfg, tokenizer
 
     def build_model(self) -> torch.nn.Module:

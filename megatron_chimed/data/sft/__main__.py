@@ -14,13 +14,13 @@ from pathlib import Path
 
 from megatron_chimed.data.sft import load_data_config, packed_sft_dataset
 from megatron_chimed.data.sft.dataset import DEFAULT_CACHE_DIR
-from megatron_chimed.tokenizer import ZiyaTokenizer
+from megatron_chimed.tokenizer import load_tokenizer
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description="Build the packed SFT cache of a data config.")
     ap.add_argument("config", help="a conf/data/sft_*.yaml file")
-    ap.add_argument("tokenizer", help="folder with tokenizer.model and added_tokens.json")
+    ap.add_argument("tokenizer", help="tokenizer folder (tokenizer.model or tokenizer.json)")
     ap.add_argument("--seq-length", type=int, help="override the config's seq_length")
     ap.add_argument(
         "--run-dir",
@@ -32,7 +32,7 @@ def main() -> None:
     cfg = load_data_config(args.config)
     cfg.seq_length = args.seq_length or cfg.seq_length
     cache_dir = Path(args.run_dir) / "cache" / "sft" if args.run_dir else DEFAULT_CACHE_DIR
-    rows = packed_sft_dataset(cfg, ZiyaTokenizer(args.tokenizer), cache_dir)
+    rows = packed_sft_dataset(cfg, load_tokenizer(args.tokenizer), cache_dir)
     print(f"{len(rows)} rows, non-pad fraction {rows.non_pad_fraction():.4f}: {rows.stats}")
 
 

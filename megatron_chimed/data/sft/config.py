@@ -8,6 +8,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from megatron_chimed.data.records import FILE_TYPES
+from megatron_chimed.data.sft.formats import FORMATS, resolve_columns
 from megatron_chimed.data.sft.readers import READERS
 from megatron_chimed.data.template import TEMPLATES
 
@@ -16,20 +18,41 @@ PACKING_MODES = ("concat", "isolated")
 
 @dataclass
 class SourceConfig:
-    """One data file. `weight` multiplies its sample count (0.5 = a random half, 2 = every
+    """One data file, read by a paper preset (`reader`) or a generic `format` (alpaca, sharegpt,
+    qa: sft/formats.py) with an optional `file_type` (else the suffix), a `columns` mapping
+    (format key -> the file's column) and, for sharegpt, `roles` (speaker name -> user,
+    assistant or system). `weight` multiplies its sample count (0.5 = a random half, 2 = every
     sample twice); `max_samples` caps the count first (a random subset); `instruction` is put
-    before the first question (the paper's doctor instruction for QA data, Table 3)."""
+    before the first question (the paper's doctor instruction for QA data, Table 3); a record's
+    own system prompt replaces it."""
 
     name: str
-    reader: str
     path: str
+    reader: str | None = None
+    format: str | None = None
+    file_type: str | None = None
+    columns: dict[str, str | None] = field(default_factory=dict)
+    roles: dict[str, str] = field(default_factory=dict)
     weight: float = 1.0
     max_samples: int | None = None
     instruction: str = ""
 
     def validate(self, where: str) -> None:
-        if self.reader not in READERS:
+        if (self.reader is None) == (self.format is None):
+            raise ValueError(
+                f"{where}: set exactly one of reader (a preset: {sorted(READERS)}) and format "
+                f"(your own data: {list(FORMATS)})"
+            )
+        if self.reader is not None and self.reader not in READERS:
             raise ValueError(f"{where}.reader={self.reader!r}: expected one of {sorted(READERS)}")
+        if self.reader is not None and (self.columns or self.roles or self.file_type):
+            raise ValueError(f"{where}: columns, roles and file_type need a format, not a reader")
+        if self.format is not None:
+            resolve_columns(self.format, self.columns, where)
+            if self.roles and self.format != "sharegpt":
+                raise ValueError(f"{where}.roles: only for format 'sharegpt'")
+        if self.file_type is not None and self.file_type not in FILE_TYPES:
+            raise ValueError(f"{where}.file_type={self.file_type!r}: expected one of {FILE_TYPES}")
         if not self.weight > 0:
             raise ValueError(f"{where}.weight={self.weight}: must be > 0")
         if self.max_samples is not None and self.max_samples < 1:
@@ -41,7 +64,9 @@ class SourceConfig:
 @dataclass
 class SFTDataConfig:
     """`seq_length` is the model's sequence; each packed row holds `seq_length + 1` tokens
-    (inputs and labels shifted by one), as megatron's GPT datasets do."""
+    (inputs and labels shifted by one), as megatron's GPT datasets do. A training run sets it
+    from `training.seq_length` (config validation refuses a data.seq_length that differs); the
+    standalone cache builder (`python -m megatron_chimed.data.sft`) reads it from here."""
 
     sources: list[SourceConfig] = field(default_factory=list)
     template: str = "ziya"

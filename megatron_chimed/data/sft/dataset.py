@@ -25,7 +25,7 @@ from megatron_chimed.atomic import atomic_open
 from megatron_chimed.data.sft.config import SFTDataConfig
 from megatron_chimed.data.sft.encode import Encoder, EncodeStats
 from megatron_chimed.data.sft.packing import first_fit, layout_row
-from megatron_chimed.data.sft.readers import get_reader
+from megatron_chimed.data.sft.readers import read_source
 from megatron_chimed.data.template import get_template
 
 log = logging.getLogger(__name__)
@@ -75,9 +75,10 @@ def encode_sources(cfg: SFTDataConfig, tokenizer) -> tuple[list[Sample], EncodeS
     stats, samples = EncodeStats(), []
     for source in cfg.sources:
         encoded = []
-        records = get_reader(source.reader)(Path(source.path), source.name, stats)
+        records = read_source(source, stats)
         for record in tqdm(records, desc=f"SFT {source.name}", unit=" records", mininterval=10):
-            out = encoder(record, source.instruction or None, stats)
+            # A record's own system prompt (alpaca/sharegpt/qa `system`) replaces the source's.
+            out = encoder(record, record.get("system") or source.instruction or None, stats)
             if out is not None:
                 encoded.append((np.array(out[0], np.int32), np.array(out[1], np.uint8)))
         picked = choose(len(encoded), source.max_samples, source.weight, rng)

@@ -13,10 +13,11 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from megatron_chimed.data.template import ChatTemplate, Tokenizer, join_turns
+from megatron_chimed.data.template import ASSISTANT, ChatTemplate, Tokenizer, join_turns
 
 # Reasons a record is dropped or changed; counted per source in EncodeStats.
 EMPTY_RESPONSE = "dropped_empty_response"
+NO_RESPONSE = "dropped_no_response"  # a prompt-only record (qa with columns.response: null)
 TOO_LONG = "dropped_too_long"
 HISTORY_CUT = "truncated_history"
 QUESTION_CUT = "truncated_question"
@@ -50,6 +51,9 @@ class Encoder:
         self, record: dict, instruction: str | None, stats: EncodeStats
     ) -> tuple[list[int], list[int]] | None:
         messages, source = record["messages"], record["source"]
+        if messages[-1]["role"] != ASSISTANT:
+            stats.add(source, NO_RESPONSE)
+            return None
         if not messages[-1]["content"].strip():
             stats.add(source, EMPTY_RESPONSE)
             return None

@@ -1,4 +1,5 @@
-"""One reader per SFT data format (docs/data_formats.md §SFT), registered by name in `READERS`.
+"""The paper's SFT data sets as reader presets (docs/data_formats.md §SFT), registered by name
+in `READERS`; `read_source` reads a configured source, preset or generic format (sft/formats.py).
 
 Every reader turns its file into records `{"messages": [{"role", "content"}], "source"}` whose
 last message is the response to train on. QA data gives one record per question; a dialogue
@@ -15,6 +16,7 @@ import json
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 from megatron_chimed.data.jsonio import (
     DataError,
@@ -25,72 +27,38 @@ from megatron_chimed.data.jsonio import (
     read_text,
 )
 from megatron_chimed.data.sft.encode import EncodeStats
+from megatron_chimed.data.sft.formats import (
+    FORMAT_READERS,
+    Record,
+    dialogue_records,
+    qa_record,
+    read_alpaca,
+    read_sharegpt,
+)
 from megatron_chimed.data.template import ASSISTANT, USER
 
-Record = dict
 # (path, source name, stats or None) -> records; `stats` receives the reader's drop counts.
 Reader = Callable[..., Iterator[Record]]
 
-# Turns a dialogue cannot train on, counted per source next to the encoder's drops.
-EMPTY_TURN = "dropped_empty_turn"
-LEADING_ASSISTANT_TURN = "dropped_leading_assistant_turn"
-TRAILING_USER_TURN = "dropped_trailing_user_turn"
 
-# Consecutive utterances of one speaker become one message (as HF's MedDialog parser merges
-# them); a newline keeps the two utterances apart in the text the model sees.
-MERGE_SEPARATOR = "\n"
+class SourceLike(Protocol):
+    """What `read_source` needs of a source config (sft/config.py SourceConfig)."""
 
-
-def qa_record(prompt: str, response: str, source: str) -> Record:
-    return {
-        "messages": [{"role": USER, "content": prompt}, {"role": ASSISTANT, "content": response}],
-        "source": source,
-    }
-
-
-def dialogue_records(
-    turns: list[tuple[str, str]], source: str, stats: EncodeStats | None = None
-) -> Iterator[Record]:
-    """`(role, text)` turns -> one record per assistant turn, with all turns before it. Turns
-    that end up in no record are counted in `stats`, one per original turn."""
-    messages: list[dict] = []
-    trailing_user = 0  # original turns merged into the current last user message
-    for role, text in turns:
-        text = text.strip()
-        if not text:
-            _count(stats, source, EMPTY_TURN)
-            continue
-        if not messages and role == ASSISTANT:  # a dialogue starts with the user
-            _count(stats, source, LEADING_ASSISTANT_TURN)
-            continue
-        trailing_user = trailing_user + 1 if role == USER else 0
-        if messages and messages[-1]["role"] == role:
-            messages[-1]["content"] += MERGE_SEPARATOR + text
-        else:
-            messages.append({"role": role, "content": text})
-    if trailing_user:  # a question nobody answered: no response to train on
-        _count(stats, source, TRAILING_USER_TURN, trailing_user)
-    for k, message in enumerate(messages):
-        if message["role"] == ASSISTANT:
-            yield {"messages": messages[: k + 1], "source": source}
-
-
-def _count(stats: EncodeStats | None, source: str, event: str, count: int = 1) -> None:
-    if stats is not None:
-        stats.add(source, event, count)
+    name: str
+    path: str
+    reader: str | None
+    format: str | None
+    file_type: str | None
+    columns: dict[str, str | None]
+    roles: dict[str, str]
 
 
 def read_cmd_finetune(
     path: Path, source: str, stats: EncodeStats | None = None
 ) -> Iterator[Record]:
-    """CMD finetune: JSON Lines `instruction`, `input`, `output`; the prompt joins instruction
-    and input with a blank line, as MedicalGPT's alpaca -> sharegpt conversion does."""
-    for where, row in iter_jsonl(path):
-        prompt = field(row, "instruction", where)
-        extra = field(row, "input", where)
-        if extra.strip():
-            prompt = f"{prompt}\n\n{extra}"
-        yield qa_record(prompt, field(row, "output", where), source)
+    """CMD finetune: the alpaca format (`instruction`, `input`, `output`), JSON Lines or a JSON
+    array; the prompt joins instruction and input with a blank line."""
+    return read_alpaca(path, source, stats)
 
 
 def read_chimed(path: Path, source: str, stats: EncodeStats | None = None) -> Iterator[Record]:
@@ -203,20 +171,12 @@ def read_safety_prompts(
             yield qa_record(field(item, "prompt", where), response, source)
 
 
-SHAREGPT_ROLES = {"human": USER, "user": USER, "gpt": ASSISTANT, "assistant": ASSISTANT}
-
-
-def read_sharegpt(path: Path, source: str, stats: EncodeStats | None = None) -> Iterator[Record]:
-    """ShareGPT JSON Lines `{"conversations": [{"from": human|gpt, "value"}]}`."""
-    for where, row in iter_jsonl(path):
-        turns = []
-        for i, turn in enumerate(field(row, "conversations", where, list)):
-            at = f"{where} conversations[{i}]"
-            speaker = field(turn, "from", at)
-            if speaker not in SHAREGPT_ROLES:
-                raise DataError(at, "from", f"{speaker!r}: expected one of {list(SHAREGPT_ROLES)}")
-            turns.append((SHAREGPT_ROLES[speaker], field(turn, "value", at)))
-        yield from dialogue_records(turns, source, stats)
+def read_sharegpt_preset(
+    path: Path, source: str, stats: EncodeStats | None = None
+) -> Iterator[Record]:
+    """ShareGPT `{"conversations": [{"from": human|gpt|system, "value"}]}` (or role/content),
+    JSON Lines or a JSON array: the generic `sharegpt` format with its default columns."""
+    return read_sharegpt(path, source, stats)
 
 
 READERS: dict[str, Reader] = {
@@ -226,7 +186,7 @@ READERS: dict[str, Reader] = {
     "meddialog_raw": read_meddialog_raw,
     "meddialog_processed": read_meddialog_processed,
     "safety_prompts": read_safety_prompts,
-    "sharegpt": read_sharegpt,
+    "sharegpt": read_sharegpt_preset,
 }
 
 
@@ -235,3 +195,15 @@ def get_reader(name: str) -> Reader:
     if name not in READERS:
         raise ValueError(f"SFT reader {name!r}: expected one of {sorted(READERS)}")
     return READERS[name]
+
+
+def read_source(source: SourceLike, stats: EncodeStats | None = None) -> Iterator[Record]:
+    """The records of one configured source (sft/config.py SourceConfig): its generic `format`
+    with its `columns`, `file_type` and `roles`, else its preset `reader`."""
+    path = Path(source.path)
+    if source.format is None:
+        return get_reader(source.reader)(path, source.name, stats)
+    kwargs = {"columns": source.columns, "file_type": source.file_type}
+    if source.format == "sharegpt":
+        kwargs["roles"] = source.roles
+    return FORMAT_READERS[source.format](path, source.name, stats, **kwargs)

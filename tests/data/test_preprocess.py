@@ -1,0 +1,113 @@
+"""tools/preprocess_data.py: JSONL -> indexed dataset round trip, malformed lines, atomic output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from megatron_chimed.data.indexed import MalformedRecord, output_prefix, preprocess
+from megatron_chimed.testing.workers import ROOT
+from megatron_chimed.tokenizer import ZiyaTokenizer
+
+TEXTS = ["高血压患者应低盐饮食。", "孩子发烧38.6℃需要吃退烧药吗？", "<human>口干<bot>查血糖"]
+
+
+def write_jsonl(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def preprocess_cli(src: Path, prefix: Path, tokenizer: Path, *extra: str):
+    """tools/preprocess_data.py as a user runs it."""
+    cmd = [sys.executable, "tools/preprocess_data.py", "--input", str(src),
+           "--output-prefix", str(prefix), "--tokenizer", str(tokenizer), *extra]  # fmt: skip
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_round_trip_of_token_ids(tiny_ziya: Path, tmp_path: Path, workers: int) -> None:
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    src = write_jsonl(tmp_path / "a.jsonl", [json.dumps({"text": t}) for t in TEXTS] + [""])
+    stats = preprocess([src], tmp_path / "out", tiny_ziya, workers=workers, progress=False)
+    tok = ZiyaTokenizer(tiny_ziya)
+    expected = [tok.encode(t) + [tok.eod] for t in TEXTS]
+    dataset = IndexedDataset(output_prefix(tmp_path / "out", "text"))
+    assert [dataset[i].tolist() for i in range(len(dataset))] == expected
+    assert (stats.documents, stats.tokens) == (3, sum(map(len, expected)))
+    assert tok.decode(dataset[2].tolist(), skip_special=False) == TEXTS[2]
+
+
+def test_malformed_line_error_names_file_and_line(tiny_ziya: Path, tmp_path: Path) -> None:
+    lines = [json.dumps({"text": "好"}), json.dumps({"text": "好"}), '{"text": "断', "{}"]
+    src = write_jsonl(tmp_path / "bad.jsonl", lines)
+    with pytest.raises(MalformedRecord, match=rf"{src}:3: not valid JSON"):
+        preprocess([src], tmp_path / "out", tiny_ziya, progress=False)
+    assert list(tmp_path.glob("out*")) == []  # nothing half-written is left behind
+    stats = preprocess([src], tmp_path / "out", tiny_ziya, skip_bad=True, progress=False)
+    assert (stats.documents, stats.skipped) == (2, 2)
+
+
+def test_missing_field_is_named(tiny_ziya: Path, tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "b.jsonl", [json.dumps({"body": "x"})])
+    with pytest.raises(MalformedRecord, match=rf"{src}:1: field 'text' is missing"):
+        preprocess([src], tmp_path / "out", tiny_ziya, progress=False)
+
+
+@pytest.mark.slow
+def test_cli_exits_2_with_the_line(tiny_ziya: Path, tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "c.jsonl", ["[1, 2]"])
+    proc = preprocess_cli(src, tmp_path / "o", tiny_ziya)
+    assert proc.returncode == 2
+    assert f"{src}:1: expected a JSON object, got list" in proc.stderr
+
+
+def test_byte_order_marks_are_ignored(tiny_ziya: Path, tmp_path: Path) -> None:
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    # A BOM opens the file and a second concatenated part.
+    lines = [json.dumps({"text": t}, ensure_ascii=False) for t in TEXTS]
+    src = tmp_path / "bom.jsonl"
+    src.write_bytes(b"\xef\xbb\xbf" + f"{lines[0]}\n\ufeff{lines[1]}\n{lines[2]}\n".encode())
+    stats = preprocess([src], tmp_path / "out", tiny_ziya, progress=False)
+    tok = ZiyaTokenizer(tiny_ziya)
+    dataset = IndexedDataset(output_prefix(tmp_path / "out", "text"))
+    assert [dataset[i].tolist() for i in range(3)] == [tok.encode(t) + [tok.eod] for t in TEXTS]
+    assert (stats.documents, stats.skipped) == (3, 0)
+
+
+def test_invalid_utf8_names_file_and_line(tiny_ziya: Path, tmp_path: Path) -> None:
+    src = tmp_path / "gbk.jsonl"
+    good = json.dumps({"text": "好"}).encode()
+    src.write_bytes(good + b"\n" + '{"text": "高血压"}'.encode("gbk") + b"\n" + good + b"\n")
+    with pytest.raises(
+        MalformedRecord, match=rf"^{src}:2: not valid UTF-8 \(byte 0xb8 at column 11\)"
+    ):
+        preprocess([src], tmp_path / "out", tiny_ziya, progress=False)
+    stats = preprocess([src], tmp_path / "out", tiny_ziya, skip_bad=True, progress=False)
+    assert (stats.documents, stats.skipped) == (2, 1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("content", [b"", b"\n  \n", b'{"text": 1}\n'])
+def test_no_documents_exits_2_naming_the_file_and_writes_nothing(
+    tiny_ziya: Path, tmp_path: Path, content: bytes
+) -> None:
+    src = tmp_path / "empty.jsonl"
+    src.write_bytes(content)
+    proc = preprocess_cli(src, tmp_path / "o", tiny_ziya, "--skip-bad")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {src}: no documents")
+    assert list(tmp_path.glob("o*")) == []
+
+
+def test_an_input_without_documents_is_warned_about(tiny_ziya: Path, tmp_path: Path) -> None:
+    good = write_jsonl(tmp_path / "good.jsonl", [json.dumps({"text": "好"})])
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    stats = preprocess([good, empty], tmp_path / "out", tiny_ziya, progress=False)
+    assert stats.per_file == {str(good): 1, str(empty): 0}
