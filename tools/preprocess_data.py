@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json-keys", nargs="+", default=["text"])
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--skip-bad", action="store_true", help="count malformed lines, go on")
+    ap.add_argument("--force", action="store_true", help="redo outputs already complete")
     args = ap.parse_args(argv)
     try:
         stats = preprocess(
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
             args.json_keys,
             args.workers,
             skip_bad=args.skip_bad,
+            force=args.force,
         )
     except (MalformedRecord, NoDocuments, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -16,13 +16,14 @@ import json
 import multiprocessing
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from megatron_chimed.atomic import atomic_write_text
 from megatron_chimed.data.jsonio import BOM, not_utf8
 from megatron_chimed.tokenizer import Tokenizer, load_tokenizer
 
@@ -150,12 +151,15 @@ def preprocess(
     workers: int = 1,
     skip_bad: bool = False,
     progress: bool = True,
+    force: bool = False,
 ) -> PreprocessStats:
     """Tokenize every record's `json_keys` into one indexed dataset per key.
 
     A malformed line raises MalformedRecord naming file and line, unless `skip_bad`, in which
     case it is counted in the returned stats. Inputs without any document raise NoDocuments
-    naming them, and nothing is written.
+    naming them, and nothing is written. Outputs already complete for the same inputs (path,
+    size, mtime), tokenizer and keys are kept, not redone (`force` redoes them): the stamp
+    `PREFIX.preprocess.json`, written last, says what they were made from.
     """
     from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 
@@ -166,6 +170,11 @@ def preprocess(
     dtype = DType.optimal_dtype(tokenizer.vocab_size)
     keys = tuple(json_keys)
     final = {key: output_prefix(prefix, key) for key in keys}
+    stamp_path, stamp = Path(f"{prefix}.preprocess.json"), _stamp(inputs, tokenizer, keys, skip_bad)
+    if not force and _done(stamp_path, stamp, final):
+        print(f"preprocess: {prefix} is complete for these inputs and tokenizer; skipped "
+              "(--force redoes it)", flush=True)  # fmt: skip
+        return PreprocessStats(**json.loads(stamp_path.read_text())["stats"])
     tmp = {key: f"{p}.tmp{os.getpid()}" for key, p in final.items()}
     Path(prefix).parent.mkdir(parents=True, exist_ok=True)
     builders = {key: IndexedDatasetBuilder(tmp[key] + ".bin", dtype=dtype) for key in keys}
@@ -197,12 +206,33 @@ def preprocess(
             # .bin first: a reader that finds the .idx finds its .bin.
             os.replace(tmp[key] + ".bin", final[key] + ".bin")
             os.replace(tmp[key] + ".idx", final[key] + ".idx")
+        atomic_write_text(stamp_path, json.dumps({**stamp, "stats": asdict(stats)}, indent=1))
     finally:
         bar.close()
         for key in keys:
             for ext in (".bin", ".idx"):
                 Path(tmp[key] + ext).unlink(missing_ok=True)
     return stats
+
+
+def _stamp(inputs: Sequence[str | os.PathLike], tokenizer: Tokenizer, keys: tuple[str, ...],
+           skip_bad: bool) -> dict[str, Any]:  # fmt: skip
+    """What the outputs are made from: each input's path, size and mtime, the tokenizer's
+    identity (as megatron's dataset cache hashes it), the keys."""
+    files = [[str(Path(p).resolve()), (st := os.stat(p)).st_size, st.st_mtime_ns] for p in inputs]
+    return {"inputs": files, "tokenizer": tokenizer.unique_identifiers, "keys": list(keys),
+            "skip_bad": skip_bad}  # fmt: skip
+
+
+def _done(stamp_path: Path, stamp: dict[str, Any], final: dict[str, str]) -> bool:
+    if not stamp_path.is_file():
+        return False
+    try:
+        saved = json.loads(stamp_path.read_text())
+    except json.JSONDecodeError:
+        return False
+    made = all(Path(p + ext).is_file() for p in final.values() for ext in (".bin", ".idx"))
+    return made and {k: v for k, v in saved.items() if k != "stats"} == stamp
 
 
 @contextlib.contextmanager

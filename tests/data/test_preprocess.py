@@ -111,3 +111,20 @@ def test_an_input_without_documents_is_warned_about(tiny_ziya: Path, tmp_path: P
     empty.write_bytes(b"")
     stats = preprocess([good, empty], tmp_path / "out", tiny_ziya, progress=False)
     assert stats.per_file == {str(good): 1, str(empty): 0}
+
+
+def test_a_finished_output_is_kept_until_its_inputs_change(tiny_ziya: Path, tmp_path: Path):
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "头痛怎么办"}\n{"text": "多喝水"}\n', encoding="utf-8")
+    first = preprocess([src], tmp_path / "out", tiny_ziya, progress=False)
+    bin_file = Path(output_prefix(tmp_path / "out", "text") + ".bin")
+    made = bin_file.stat().st_mtime_ns
+    again = preprocess([src], tmp_path / "out", tiny_ziya, progress=False)
+    assert again == first and bin_file.stat().st_mtime_ns == made  # kept, not redone
+    with open(src, "a", encoding="utf-8") as f:
+        f.write('{"text": "发烧了"}\n')
+    changed = preprocess([src], tmp_path / "out", tiny_ziya, progress=False)
+    assert (first.documents, changed.documents) == (2, 3)
+    remade = bin_file.stat().st_mtime_ns
+    forced = preprocess([src], tmp_path / "out", tiny_ziya, progress=False, force=True)
+    assert forced == changed and bin_file.stat().st_mtime_ns != remade
