@@ -96,7 +96,14 @@ def main(argv: list[str] | None = None) -> int:
         "--gpu", default=DEFAULT_GPU, choices=sorted(GPUS), help="slurm GPU jobs: plan on this GPU"
     )
     parser.add_argument("--force", action="store_true", help="submit even if the plan says no fit")
+    parser.add_argument(
+        "--config-dir", action="append", default=[], type=Path,
+        help="your config folder, searched before conf/ (repeatable; CHIMED_CONFIG_PATH too)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    # Absolute: the job may start in another folder. Passed on to the trainer with the overrides.
+    user = [t for d in args.config_dir for t in ("--config-dir", str(d.resolve()))]
+    args.overrides = [*user, *args.overrides]
 
     # The trainer's whole config is checked before it is queued; another module's keys are its own.
     try:

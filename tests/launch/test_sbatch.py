@@ -367,3 +367,17 @@ def test_batch_shell_requeues_on_the_trainers_marker(tmp_path: Path) -> None:
         assert ("requeueing" in done.stdout) == leaves_marker
         assert not marker.exists()
         (tmp_path / "requeued").unlink(missing_ok=True)
+
+
+def test_submit_takes_a_users_config_folder(tmp_path: Path) -> None:
+    """`--config-dir DIR`: the user's model is selectable, checked before queueing, and the
+    job gets the folder (absolute) with the overrides."""
+    (tmp_path / "model").mkdir()
+    tiny = (REPO / "conf" / "model" / "tiny.yaml").read_text()
+    (tmp_path / "model" / "mine.yaml").write_text(tiny.replace("name: tiny", "name: mine"))
+    out = _submit(
+        "--config-dir", str(tmp_path), "launcher=slurm", "launcher.gpus_per_node=0",
+        "model=mine", "run_dir=/r", "--dry-run",
+    )  # fmt: skip
+    assert f"--config-dir {tmp_path} launcher=slurm launcher.gpus_per_node=0 model=mine" in out
+
