@@ -21,7 +21,6 @@ never finished, or a restart that failed) are counted apart.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import signal
@@ -70,17 +69,12 @@ def start(args: list[str], log: Path) -> subprocess.Popen:
 
 
 def logged(run_dir: Path) -> dict[int, dict]:
-    """The last logged train record of each iteration."""
-    path, records = run_dir / "metrics.jsonl", {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by SIGKILL
-                continue
-            if r.get("split") == "train":
-                records[r["iteration"]] = {k: r[k] for k in EXACT}
-    return records
+    """The last logged train record of each iteration (a line cut by SIGKILL is skipped)."""
+    from megatron_chimed.plot import read_metrics
+
+    path = run_dir / "metrics.jsonl"
+    train = read_metrics(path).get("train", {}) if path.exists() else {}
+    return {i: {k: r[k] for k in EXACT} for i, r in train.items()}
 
 
 def job_processes(job: subprocess.Popen) -> list[psutil.Process]:

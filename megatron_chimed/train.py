@@ -73,11 +73,6 @@ def main(argv: list[str]) -> int:
     rank0 = dist.get_rank() == 0
     ours = logging.getLogger("megatron_chimed")
     ours.setLevel(logging.INFO if rank0 else logging.WARNING)  # also when logging was set up
-    if rank0:  # every start appends our lines to one log kept with the run
-        Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
-        to_file = logging.FileHandler(Path(cfg.run_dir) / "train.log", encoding="utf-8")
-        to_file.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-        ours.addHandler(to_file)
     try:
         lock = run_lock.hold(cfg.run_dir)
     except run_lock.RunLocked as err:
@@ -85,6 +80,11 @@ def main(argv: list[str]) -> int:
             print(f"chimed train: {err}", file=sys.stderr)
         destroy()
         return 1
+    if rank0:  # every start appends our lines to one log kept with the run
+        Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+        to_file = logging.FileHandler(Path(cfg.run_dir) / "train.log", encoding="utf-8")
+        to_file.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        ours.addHandler(to_file)
     try:
         tokenizer = tokenizer_dir(cfg)
         if not spec.loop:  # an orchestrator runs the loop itself

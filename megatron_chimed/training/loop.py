@@ -138,6 +138,7 @@ def train(cfg: RunConfig, stage: Stage, tokenizer_dir: str | Path | None = None)
 
     ckpt_root = Path(cfg.run_dir) / "checkpoints"
     iteration = consumed = 0
+    rank0 = dist.get_rank() == 0
     # Checked against their manifests first: a corrupt `latest` falls back to an earlier one.
     on_corrupt = cfg.checkpoint.on_corrupt
     latest = verified.resume_point(ckpt_root, on_corrupt)
@@ -145,7 +146,7 @@ def train(cfg: RunConfig, stage: Stage, tokenizer_dir: str | Path | None = None)
         resume_checks.check(latest, layout.read_metadata(latest), cfg)
         state = checkpointing.resume(latest, ddp, optimizer, scheduler)
         iteration, consumed = state["iteration"], state["consumed_samples"]
-        if dist.get_rank() == 0:
+        if rank0:
             log.info("resumed from iteration %d (consumed %d samples): %s", iteration, consumed,
                      latest)  # fmt: skip
     elif cfg.checkpoint.load:
@@ -153,7 +154,6 @@ def train(cfg: RunConfig, stage: Stage, tokenizer_dir: str | Path | None = None)
 
     train_ds, valid_ds, _ = stage.datasets(_total_samples(t))
     data = _loader(train_ds, consumed, t)
-    rank0 = dist.get_rank() == 0
     metrics = MetricsLogger(cfg.run_dir, rank0, t.tensorboard, total_iters=t.train_iters)
     resolved = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
     stage_name = type(stage).__name__
