@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from megatron_chimed.data.sft.config import load_data_config
-from megatron_chimed.data.sft.dataset import encode_sources
+from megatron_chimed.data.sft.dataset import packed_sft_dataset
 from megatron_chimed.data.sft.packing import first_fit
 from megatron_chimed.testing.tiny_ziya import make_tiny_ziya
 from megatron_chimed.tokenizer import load_tokenizer
@@ -35,8 +35,8 @@ def sample_lengths() -> list[int]:
     cfg.seq_length = SEQ_LENGTH
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = load_tokenizer(make_tiny_ziya(Path(tmp) / "tiny"))
-        samples, _ = encode_sources(cfg, tokenizer)
-    return [len(ids) for ids, _ in samples]
+        rows = packed_sft_dataset(cfg, tokenizer, Path(tmp) / "cache")
+        return np.diff(rows.sample_offsets).tolist()
 
 
 def cmd_like_lengths(count: int, seed: int = 0) -> list[int]:

@@ -10,6 +10,7 @@ import importlib
 import os
 import sys
 
+from megatron_chimed.launch.sweep import MULTIRUN_FLAGS, split_multirun
 from megatron_chimed.launch.torchrun import torchrun
 
 # command -> (module with main(argv) -> int, what it does)
@@ -25,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 UNDER_TORCHRUN = {"train", "smoke"}  # entry points that expect torchrun's environment
+SWEEPS = ("train", "pipeline")  # commands that take -m / --multirun (launch/sweep.py)
 # Commands whose arguments are Hydra overrides of conf/ (the others parse their own flags).
 HYDRA_EXAMPLES = {
     "pipeline": "chimed pipeline experiment=demo run_dir=runs/demo",
@@ -40,17 +42,20 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Dispatch; a config error is one line naming the key (CHIMED_DEBUG=1: the traceback)."""
-    from megatron_chimed.config import ConfigError
+    """Dispatch; a user error (config, data, path) is one line naming the key or the file and
+    line, exit status 2 (launch/rank_main.py; CHIMED_DEBUG=1: the traceback); Ctrl-C in a
+    command that runs in this process is one line too, exit status 130."""
+    from megatron_chimed.launch.rank_main import report_errors
 
+    args = sys.argv[1:] if argv is None else argv
+    name = f"chimed {(args or ['?'])[0]}"
     try:
-        return _dispatch(sys.argv[1:] if argv is None else argv)
-    except ConfigError as err:
+        return report_errors(name, lambda: _dispatch(args))
+    except KeyboardInterrupt:
         if os.environ.get("CHIMED_DEBUG"):
             raise
-        command = (argv or sys.argv[1:] or ["?"])[0]
-        print(f"chimed {command}: {err}", file=sys.stderr)
-        return 2
+        print(f"{name}: interrupted", file=sys.stderr)
+        return 130
 
 
 def _dispatch(argv: list[str]) -> int:
@@ -71,12 +76,40 @@ def _dispatch(argv: list[str]) -> int:
 
         print(OmegaConf.to_yaml(OmegaConf.structured(load(rest[2:]))), end="")
         return 0
+    multirun, rest = split_multirun(rest)
+    if multirun:
+        if command not in SWEEPS:
+            print(f"chimed {command}: -m/--multirun sweeps {' and '.join(SWEEPS)} only",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        from megatron_chimed.launch.sweep import run_sweep
+
+        return run_sweep(command, rest, _dispatch)
     if command in UNDER_TORCHRUN:
         from megatron_chimed.config import load
 
         world = _world_for(load(rest))
-        return torchrun(COMMANDS[command][0], world, rest, preemptible=command == "train")
-    return int(importlib.import_module(COMMANDS[command][0]).main(rest) or 0)
+        return torchrun(COMMANDS[command][0], world, rest, preemptible=command == "train",
+                        name=f"chimed {command}")  # fmt: skip
+    from megatron_chimed import run_log
+
+    run_log.quiet_console()  # before the command's imports raise megatron-core's warnings
+    main = importlib.import_module(COMMANDS[command][0]).main
+    if command == "generate":  # batch mode: the log beside its output (generation/chat.py)
+        output = _flag_value(rest, "--output")
+        with run_log.command_log(run_log.log_path_for(output) if output else None):
+            return int(main(rest) or 0)
+    return int(main(rest) or 0)
+
+
+def _flag_value(args: list[str], flag: str) -> str | None:
+    """The value of `flag VALUE` or `flag=VALUE` among argparse-style arguments."""
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.partition("=")[2]
+    return None
 
 
 def command_help(command: str) -> str:
@@ -94,7 +127,19 @@ def command_help(command: str) -> str:
         "any key of the composed config can be set, e.g. training.train_iters=100;\n"
         f"`chimed {command} --cfg job [overrides]` prints the composed config.\n\n"
         f"example:\n  {HYDRA_EXAMPLES[command]}\n"
+        + (_SWEEP_HELP.format(command=command) if command in SWEEPS else "")
     )
+
+
+_SWEEP_HELP = """
+sweeps ({flags}): one run per point, Hydra's override syntax, every combination:
+  chimed {command} -m optim.lr=1e-4,2e-4 seed=range(1,3) run_dir=runs/sweep
+  key=a,b or key=choice(a,b) lists values, key=range(start,stop[,step]) counts (stop
+  excluded). Point i runs in RUN_DIR/<i>_<key-value_...>, one after another (`point i/N`); a
+  failing point is reported and the sweep goes on; a summary ends it (RUN_DIR/sweep.json), exit
+  status 1 if any point failed. With launcher=slurm, chimed train submits one job per point
+  through launch/submit.py.
+""".replace("{flags}", "/".join(MULTIRUN_FLAGS))
 
 
 def _world_for(cfg) -> int:

@@ -6,17 +6,21 @@
 Arguments are Hydra overrides of conf/. A start resumes from run_dir/checkpoints/latest when
 it exists; otherwise it loads `checkpoint.load` (weights only) or starts from random weights.
 Exits 0 after a preemption checkpoint (SIGTERM, SIGUSR1 or a first Ctrl-C), so the Slurm job can
-be requeued. While it runs, the run_dir is locked (training/run_lock.py): a second job on it
-refuses to start.
+be requeued; a Ctrl-C before the first step ends the run at once, nothing saved (exit 130,
+training/startup.py). While it runs, the run_dir is locked (training/run_lock.py): a second job
+on it refuses to start. A user error (config, data, path, a locked run_dir) is one line (exit 2,
+launch/rank_main.py); rank 0 keeps everything in run_dir/train.log (run_log.py).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
 
-from megatron_chimed.checkpoint import CheckpointError, layout
+from megatron_chimed.checkpoint import layout
 
 
 def _loaded_tokenizer(load: str) -> list[Path]:
@@ -50,7 +54,20 @@ def tokenizer_dir(cfg) -> Path:
 
 
 def main(argv: list[str]) -> int:
-    from megatron_chimed import config
+    from megatron_chimed.training import startup
+
+    # First: a Ctrl-C from here to the first step ends the run in one line (training/startup.py).
+    previous = {sig: signal.getsignal(sig) for sig in startup.SIGNALS}
+    startup.guard()
+    try:
+        return _main(argv)
+    finally:  # main() may run again in this process (tests)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _main(argv: list[str]) -> int:
+    from megatron_chimed import config, run_log
     from megatron_chimed.platform import destroy, initialize
     from megatron_chimed.stages import import_object, stage_spec
     from megatron_chimed.tokenizer import load_tokenizer
@@ -63,55 +80,41 @@ def main(argv: list[str]) -> int:
         raise config.ConfigError("no stage selected: add stage=cpt (or sft, rm, rs)")
     spec = stage_spec(cfg.stage)
     implementation = import_object(spec.implementation)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    run_log.quiet_console(rank0)  # megatron's notices and warnings: train.log only
     initialize(cfg.parallel.tensor_model_parallel_size, cfg.seed)
-    import torch.distributed as dist
-
-    logging.basicConfig(
-        level=logging.INFO if dist.get_rank() == 0 else logging.WARNING,
-        format="%(asctime)s %(message)s",
-    )
-    rank0 = dist.get_rank() == 0
-    ours = logging.getLogger("megatron_chimed")
-    ours.setLevel(logging.INFO if rank0 else logging.WARNING)  # also when logging was set up
+    # Refused (RunLocked), or a checkpoint that cannot be used (CheckpointError, raised alike on
+    # every rank): one line, from the entry point (launch/rank_main.py).
+    lock = run_lock.hold(cfg.run_dir)
+    # Every start appends to one log kept with the run; only once the run_dir is ours.
+    log_file = Path(cfg.run_dir) / "train.log" if rank0 else None
     try:
-        lock = run_lock.hold(cfg.run_dir)
-    except run_lock.RunLocked as err:
-        if rank0:
-            print(f"chimed train: {err}", file=sys.stderr)
-        destroy()
-        return 1
-    if rank0:  # every start appends our lines to one log kept with the run
-        Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
-        to_file = logging.FileHandler(Path(cfg.run_dir) / "train.log", encoding="utf-8")
-        to_file.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-        ours.addHandler(to_file)
-    try:
-        tokenizer = tokenizer_dir(cfg)
-        if not spec.loop:  # an orchestrator runs the loop itself
-            status = implementation(cfg, tokenizer)
-            logging.getLogger(__name__).info("stage %s: %s", cfg.stage, status)
-        else:
-            state = train(cfg, implementation(cfg, load_tokenizer(tokenizer)), tokenizer)
-            status = state.status
-            logging.getLogger(__name__).info(
-                "%s at iteration %d (%d samples)", status, state.iteration, state.consumed_samples
-            )
+        with run_log.command_log(log_file, rank0):
+            status = _run(cfg, spec, implementation, load_tokenizer, train)
         if status == "preempted" and rank0:  # the checkpoint is complete on every rank
             mark_preempted()
         destroy()
-    except CheckpointError as err:  # raised alike on every rank: said once, no traceback
-        if rank0:
-            print(f"chimed train: {err}", file=sys.stderr)
-        destroy()
-        return 1
     finally:
         if lock is not None:
             lock.release()
-        for handler in ours.handlers[:]:  # main() may run again in this process (tests)
-            ours.removeHandler(handler)
-            handler.close()
     return 0
 
 
+def _run(cfg, spec, implementation, load_tokenizer, train) -> str:
+    """The stage: its loop, or an orchestrator that runs the loop itself; its final status."""
+    log = logging.getLogger(__name__)
+    tokenizer = tokenizer_dir(cfg)
+    if not spec.loop:
+        status = implementation(cfg, tokenizer)
+        log.info("stage %s: %s", cfg.stage, status)
+        return status
+    state = train(cfg, implementation(cfg, load_tokenizer(tokenizer)), tokenizer)
+    log.info("%s at iteration %d (%d samples)", state.status, state.iteration,
+             state.consumed_samples)  # fmt: skip
+    return state.status
+
+
 if __name__ == "__main__":  # dist_checkpointing's spawned helper re-imports __main__
-    sys.exit(main(sys.argv[1:]))
+    from megatron_chimed.launch.rank_main import report_errors
+
+    sys.exit(report_errors("chimed train", lambda: main(sys.argv[1:])))

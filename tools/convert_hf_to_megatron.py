@@ -5,15 +5,18 @@ python tools/convert_hf_to_megatron.py --hf DIR --out DIR [--dtype bfloat16] [--
 
 The output (OUT/latest, OUT/iter_0000000/, OUT/tokenizer/) loads at any tensor-parallel size.
 Runs in one process with bounded memory (one tensor at a time), without torchrun.
+Its log is OUT.convert.log; a bad input is one line naming the file, exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 import torch
 
-from megatron_chimed.convert import hf_to_megatron
+from megatron_chimed import run_log
 
 DTYPES = {
     "keep": None,
@@ -23,7 +26,7 @@ DTYPES = {
 }
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--hf", required=True, help="HF folder: config.json, shards (+ index)")
     ap.add_argument("--out", required=True, help="checkpoint root to create")
@@ -32,16 +35,28 @@ def main() -> None:
     ap.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args()
-    out = hf_to_megatron(
-        args.hf,
-        args.out,
-        dtype=DTYPES[args.dtype],
-        target_tp=args.target_tp,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-    )
-    print(out)
+    # The log beside the output (which is written whole, then renamed into place).
+    with run_log.command_log(run_log.log_path_for(args.out, ".convert.log")):
+        # Imported once the console is set: importing megatron-core raises its warnings.
+        from megatron_chimed.convert import hf_to_megatron
+
+        try:
+            out = hf_to_megatron(
+                args.hf,
+                args.out,
+                dtype=DTYPES[args.dtype],
+                target_tp=args.target_tp,
+                overwrite=args.overwrite,
+                progress=not args.no_progress,
+            )
+            run_log.echo(str(out))
+        except (ValueError, FileNotFoundError) as err:  # they name the file and the key
+            if os.environ.get("CHIMED_DEBUG"):
+                raise
+            run_log.echo(f"error: {err}", err=True)
+            return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -7,16 +7,19 @@ python tools/convert_megatron_to_hf.py --megatron DIR --out DIR [--max-shard-siz
 Megatron-LM or Megatron-Bridge (follows their latest_checkpointed_iteration.txt). The output has
 safetensors shards + index, config.json, generation_config.json and the tokenizer files;
 `transformers` and vLLM load it. Runs in one process with bounded memory, without torchrun.
+Its log is OUT.convert.log; a bad input is one line naming the file, exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import sys
 
 import torch
 
-from megatron_chimed.convert import megatron_to_hf
+from megatron_chimed import run_log
 
 DTYPES = {
     "keep": None,
@@ -34,7 +37,7 @@ def size_in_bytes(text: str) -> int:
     return int(match[1]) * UNITS[match[2] or ""]
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--megatron", required=True, help="checkpoint root or iter_* folder")
     ap.add_argument("--out", required=True, help="HF folder to create")
@@ -43,16 +46,28 @@ def main() -> None:
     ap.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args()
-    out = megatron_to_hf(
-        args.megatron,
-        args.out,
-        dtype=DTYPES[args.dtype],
-        max_shard_bytes=args.max_shard_size,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-    )
-    print(out)
+    # The log beside the output (which is written whole, then renamed into place).
+    with run_log.command_log(run_log.log_path_for(args.out, ".convert.log")):
+        # Imported once the console is set: importing megatron-core raises its warnings.
+        from megatron_chimed.convert import megatron_to_hf
+
+        try:
+            out = megatron_to_hf(
+                args.megatron,
+                args.out,
+                dtype=DTYPES[args.dtype],
+                max_shard_bytes=args.max_shard_size,
+                overwrite=args.overwrite,
+                progress=not args.no_progress,
+            )
+            run_log.echo(str(out))
+        except (ValueError, FileNotFoundError) as err:  # they name the file and the key
+            if os.environ.get("CHIMED_DEBUG"):
+                raise
+            run_log.echo(f"error: {err}", err=True)
+            return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

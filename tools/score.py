@@ -11,7 +11,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from megatron_chimed.reward.score import main
+from megatron_chimed import run_log
+
+run_log.quiet_console()  # before megatron-core's import raises its warnings
+
+from megatron_chimed.launch.rank_main import report_errors  # noqa: E402
+from megatron_chimed.reward.score import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(report_errors("score", main))

@@ -27,6 +27,10 @@ class EvalTaskConfig:
     seeds: list[int] | None = None
     max_new_tokens: int = 256
 
+    def prompt_template(self) -> str:
+        """The template the runner wraps prompts in (a kind may derive it from its protocol)."""
+        return self.template
+
     # key -> the values it accepts; checked by `validate` (strings, not enums: the tasks and
     # the results files use the plain names).
     choices: ClassVar[dict[str, tuple[str, ...]]] = {}
@@ -39,7 +43,8 @@ class EvalTaskConfig:
                     f"config key '{where}.{key}': {getattr(self, key)!r} is not one of "
                     f"{list(allowed)}"
                 )
-        if self.max_new_tokens < 1:
+        # None: a text-generation protocol's own default (TextGenerationConfig.setting).
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ValueError(f"config key '{where}.max_new_tokens': must be >= 1")
 
 
@@ -47,10 +52,17 @@ class EvalTaskConfig:
 class MultiChoiceConfig(EvalTaskConfig):
     """C-Eval, CMMLU, MedQA, or your own JSON Lines file (`format: jsonl`): k-shot prompts,
     scored by the answer letter's log-prob (once: deterministic) or parsed from a generated
-    answer."""
+    answer.
+
+    `protocol` (README, "Evaluation protocols"): `official` follows the benchmarks' own
+    evaluation code (C-Eval's and CMMLU's prompts, the next token's letter scored);
+    `lm_eval` reproduces lm-evaluation-harness 0.4's `ceval-valid` / `cmmlu` tasks (their
+    prompt, the log-likelihood of " A".." D", acc and acc_norm, subjects weighted by size).
+    """
 
     task: str = "multichoice"
     format: str = MISSING  # the data set's file layout and prompt style
+    protocol: str = "official"
     # ceval / cmmlu / medqa: the benchmark's folder, its subjects and splits (all required).
     data_dir: str | None = None
     subjects: list[str] | None = None
@@ -71,6 +83,7 @@ class MultiChoiceConfig(EvalTaskConfig):
     choices: ClassVar[dict[str, tuple[str, ...]]] = {
         "format": ("ceval", "cmmlu", "medqa", "jsonl"),
         "mode": ("logprob", "generate"),
+        "protocol": ("official", "lm_eval"),
     }
 
     def validate(self, where: str) -> None:
@@ -88,6 +101,31 @@ class MultiChoiceConfig(EvalTaskConfig):
                 )
         if self.shots < 0:
             raise ValueError(f"config key '{where}.shots': must be >= 0")
+        if self.protocol == "lm_eval":
+            self._validate_lm_eval(where)
+
+    def _validate_lm_eval(self, where: str) -> None:
+        # lm-eval has these two tasks only, scores log-likelihoods and applies no chat template
+        # unless asked: anything else would be our own variant under lm-eval's name.
+        if self.format not in LM_EVAL_FORMATS:
+            raise ValueError(
+                f"config key '{where}.protocol': lm_eval reproduces lm-evaluation-harness's "
+                f"ceval-valid and cmmlu tasks; format {self.format} has no lm-eval task "
+                "(use protocol: official)"
+            )
+        if self.mode != "logprob":
+            raise ValueError(
+                f"config key '{where}.mode': protocol lm_eval scores log-likelihoods; "
+                f"mode must be logprob, not {self.mode}"
+            )
+        if self.template != "{prompt}":
+            raise ValueError(
+                f"config key '{where}.template': protocol lm_eval feeds lm-eval's prompt as is, "
+                f"without a chat template; set it to '{{prompt}}', not {self.template!r}"
+            )
+
+
+LM_EVAL_FORMATS = ("ceval", "cmmlu")  # the layouts with an lm-eval task of the same prompt
 
 
 @dataclass
@@ -110,23 +148,110 @@ class NERConfig(EvalTaskConfig):
 
 @dataclass
 class TextGenerationConfig(EvalTaskConfig):
-    """Open-ended answers scored with BLEU and ROUGE against a reference."""
+    """Open-ended answers scored with BLEU and ROUGE against a reference.
+
+    `protocol` (README, "Evaluation protocols"): `standard` prompts zero-shot with the task's
+    instruction and scores with sacrebleu's `zh` tokens and rouge-score; `paper` reproduces
+    the authors' released script (Fengshenbang-LM dev_bio, ziya_llama2_13b_medical/generate.py
+    and multi_turn_generate.py): `<human>:..\n<bot>:..` prompts with 5 shots, top-p 0.85 at
+    temperature 1.0, 512 new tokens, nltk corpus BLEU and the `rouge` package's F on
+    character-split text. `null` below takes the protocol's value (PROTOCOL_DEFAULTS).
+    """
 
     task: str = "text_generation"
     kind: str = MISSING  # the data set's reader
     data_file: str = MISSING
+    protocol: str = "standard"
+    template: str | None = None  # type: ignore[assignment]  # None: the protocol's
+    max_new_tokens: int | None = None  # type: ignore[assignment]  # None: the protocol's
+    shots: int | None = None  # paper: the first k items of shot_file before each question
+    shot_file: str | None = None  # same layout as data_file
+    temperature: float | None = None  # None: the protocol's (standard: the model's decoding)
+    top_p: float | None = None
+    roles: list[str] = field(default_factory=lambda: ["<human>", "<bot>"])  # paper's tags
     question_field: str = "question"  # qa_jsonl: the keys of your own question/answer file
     answer_field: str = "answer"
-    bleu_level: str = "corpus"  # corpus | sentence (mean of smoothed sentence BLEU)
+    bleu_level: str = "corpus"  # standard: corpus | sentence (mean of smoothed sentence BLEU)
     turns: str = "last"  # mc_dialogue: the last doctor reply of each dialogue, or all
-    instruction: str | None = None  # None: the kind's own instruction; "": none
+    instruction: str | None = None  # standard: None: the kind's own instruction; "": none
     limit: int | None = None  # first N items only
 
     choices: ClassVar[dict[str, tuple[str, ...]]] = {
         "kind": ("chimed_qa", "mc_dialogue", "qa_jsonl"),
         "bleu_level": ("corpus", "sentence"),
         "turns": ("last", "all"),
+        "protocol": ("standard", "paper"),
     }
+
+    def setting(self, key: str) -> Any:
+        """`key`'s value: the one set, else the protocol's default for this kind."""
+        value = getattr(self, key)
+        if value is not None:
+            return value
+        defaults = PROTOCOL_DEFAULTS[self.protocol]
+        return defaults.get(f"{key}.{self.kind}", defaults.get(key))
+
+    def prompt_template(self) -> str:
+        return str(self.setting("template"))
+
+    def validate(self, where: str) -> None:
+        super().validate(where)
+        checks = {
+            "shots": lambda v: v >= 0,
+            "temperature": lambda v: v >= 0,
+            "top_p": lambda v: 0 < v <= 1,
+        }
+        for key, ok in checks.items():
+            value = getattr(self, key)
+            if value is not None and not ok(value):
+                raise ValueError(f"config key '{where}.{key}': {value!r} is out of range")
+        shots = self.setting("shots")
+        if self.protocol == "standard" and shots:
+            raise ValueError(
+                f"config key '{where}.shots': protocol standard is zero-shot; "
+                "protocol paper prompts with shots"
+            )
+        if self.protocol == "paper":
+            if shots and self.kind == "mc_dialogue":
+                raise ValueError(
+                    f"config key '{where}.shots': the paper's dialogue script prompts with "
+                    "the dialogue only (no shots); set shots: 0 or null"
+                )
+            if shots and self.shot_file is None:
+                raise ValueError(
+                    f"config key '{where}.shot_file': protocol paper prompts with {shots} "
+                    "shots (the script's --dev file); name a file in data_file's layout, "
+                    "or set shots: 0"
+                )
+            if self.template not in (None, "{prompt}"):
+                raise ValueError(
+                    f"config key '{where}.template': protocol paper writes its own "
+                    f"{self.roles[0]}/{self.roles[1]} turns; set it to null or '{{prompt}}', "
+                    f"not {self.template!r}"
+                )
+            if len(self.roles) != 2 or not all(self.roles):
+                raise ValueError(
+                    f"config key '{where}.roles': two speaker tags, user's then model's"
+                )
+
+
+# protocol -> key (or key.kind) -> the value a `null` key takes. `paper`: the released script.
+PROTOCOL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "standard": {
+        "template": "<human>:{prompt}\n<bot>:",
+        "max_new_tokens": 256,
+        "max_new_tokens.mc_dialogue": 128,
+        "shots": 0,
+    },
+    "paper": {
+        "template": "{prompt}",  # the protocol writes its own turns
+        "max_new_tokens": 512,
+        "shots": 5,
+        "shots.mc_dialogue": 0,
+        "temperature": 1.0,
+        "top_p": 0.85,
+    },
+}
 
 
 @dataclass

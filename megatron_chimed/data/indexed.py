@@ -1,8 +1,15 @@
-"""JSONL -> megatron-core indexed dataset (`PREFIX_<key>_document.bin/.idx`), EOD after each doc.
+"""Text records -> megatron-core indexed dataset (`PREFIX_<key>_document.bin/.idx`), EOD after
+each document.
 
-Streams any number of files of any size: lines are read lazily and sent in chunks to worker
-processes that parse and tokenize them (one tokenizer per worker); the parent only appends the
-returned id arrays, in input order, so the output does not depend on `workers`. Both files are
+Inputs are JSON Lines, JSON arrays, CSV / TSV or Parquet (data/records.py; the type from the
+suffix, and a `.json` that is no array is JSON Lines, as the CMD corpus names it; another suffix
+is read as JSON Lines). Each record's `json_keys` fields (columns) are its texts.
+
+Streams any number of files of any size: JSON Lines are read lazily and sent in chunks to worker
+processes that parse and tokenize them (one tokenizer per worker); the other types are read
+record by record through data/records.py in the parent, and only their texts go to the workers.
+The parent appends the returned id arrays, in input order, so the output does not depend on
+`workers`. Both files are
 written under temporary names and renamed at the end: an interrupted run leaves no half dataset
 that a training job could pick up, and a run that found no document writes nothing (megatron
 cannot even open an empty dataset). Input is UTF-8; a BOM at the start of the file, or of any
@@ -24,14 +31,16 @@ import numpy as np
 from tqdm import tqdm
 
 from megatron_chimed.atomic import atomic_write_text
-from megatron_chimed.data.jsonio import BOM, not_utf8
+from megatron_chimed.data import records
+from megatron_chimed.data.jsonio import BOM, DataError, not_utf8
 from megatron_chimed.tokenizer import Tokenizer, load_tokenizer
 
 CHUNK_LINES = 512  # big enough to amortise inter-process pickling, small enough to stream
 
 
 class MalformedRecord(ValueError):
-    """A JSONL line that is not a record with the expected string fields (file:line: reason)."""
+    """A line, row or element that is not a record with the expected string fields
+    (file:line, or file[index], then the reason)."""
 
 
 class NoDocuments(ValueError):
@@ -55,29 +64,83 @@ def output_prefix(prefix: str | os.PathLike, key: str) -> str:
 class _Chunk:
     path: str
     first_line: int
-    lines: list[str]
+    lines: list[str]  # JSON Lines, parsed by a worker
+    # Records read in the parent (other file types): their texts per key and errors, ready.
+    parsed: tuple[dict[str, list[str]], list[str]] | None = None
 
 
-def _chunks(paths: Sequence[str | os.PathLike]) -> Iterator[_Chunk]:
+def _chunks(paths: Sequence[str | os.PathLike], keys: Sequence[str]) -> Iterator[_Chunk]:
     for path in paths:
-        # surrogateescape: a line with invalid UTF-8 becomes an error naming its file and line
-        # in `_parse` (skippable with skip_bad) instead of a decoder error at a byte offset.
-        with open(path, encoding="utf-8", errors="surrogateescape") as f:
-            lines: list[str] = []
-            first = 1
-            for lineno, line in enumerate(f, start=1):
-                if not lines:
-                    first = lineno
-                lines.append(line)
-                if len(lines) == CHUNK_LINES:
-                    yield _Chunk(str(path), first, lines)
-                    lines = []
-            if lines:
+        try:
+            kind = records.read_as(path)
+        except ValueError:  # another suffix: JSON Lines, as this tool always read
+            kind = "jsonl"
+        if kind == "jsonl":
+            yield from _line_chunks(path)
+        else:
+            yield from _record_chunks(path, keys)
+
+
+def _line_chunks(path: str | os.PathLike) -> Iterator[_Chunk]:
+    # surrogateescape: a line with invalid UTF-8 becomes an error naming its file and line in
+    # `_parse` (skippable with skip_bad) instead of a decoder error at a byte offset.
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        lines: list[str] = []
+        first = 1
+        for lineno, line in enumerate(f, start=1):
+            if not lines:
+                first = lineno
+            lines.append(line)
+            if len(lines) == CHUNK_LINES:
                 yield _Chunk(str(path), first, lines)
+                lines = []
+        if lines:
+            yield _Chunk(str(path), first, lines)
+
+
+def _record_chunks(path: str | os.PathLike, keys: Sequence[str]) -> Iterator[_Chunk]:
+    """A JSON array, CSV/TSV or Parquet file through data/records.py. A fault of the file's
+    structure (a broken array, a row with more cells than the header) ends the file there:
+    MalformedRecord, even with skip_bad."""
+    texts: dict[str, list[str]] = {key: [] for key in keys}
+    errors: list[str] = []
+    count = 0
+    try:
+        for where, record in records.iter_records(path):
+            _take(where, record, keys, texts, errors)
+            count += 1
+            if count == CHUNK_LINES:
+                yield _Chunk(str(path), 0, [], (texts, errors))
+                texts, errors, count = {key: [] for key in keys}, [], 0
+    except DataError as err:
+        raise MalformedRecord(str(err)) from None
+    if count:
+        yield _Chunk(str(path), 0, [], (texts, errors))
+
+
+def _take(
+    where: str, record: Any, keys: Sequence[str], texts: dict[str, list[str]], errors: list[str]
+) -> None:
+    """Append the record's text per key, or one `where: reason` error."""
+    if not isinstance(record, dict):
+        errors.append(f"{where}: expected a JSON object, got {type(record).__name__}")
+        return
+    bad = [k for k in keys if not isinstance(record.get(k), str)]
+    if bad:
+        # The usual cause is a corpus whose text lives under another name: say which knob.
+        errors.append(
+            f"{where}: field {bad[0]!r} is missing or not a string (the text field is "
+            f"set by --json-keys, or pipeline.pretrain_text_field; record has {sorted(record)})"
+        )
+        return
+    for key in keys:
+        texts[key].append(record[key])
 
 
 def _parse(chunk: _Chunk, keys: Sequence[str]) -> tuple[dict[str, list[str]], list[str]]:
     """Texts per key of the well-formed records, and one `file:line: reason` per bad line."""
+    if chunk.parsed is not None:
+        return chunk.parsed
     texts: dict[str, list[str]] = {key: [] for key in keys}
     errors: list[str] = []
     for offset, line in enumerate(chunk.lines):
@@ -93,19 +156,7 @@ def _parse(chunk: _Chunk, keys: Sequence[str]) -> tuple[dict[str, list[str]], li
         except json.JSONDecodeError as err:
             errors.append(f"{where}: not valid JSON ({err.msg} at column {err.colno})")
             continue
-        if not isinstance(record, dict):
-            errors.append(f"{where}: expected a JSON object, got {type(record).__name__}")
-            continue
-        bad = [k for k in keys if not isinstance(record.get(k), str)]
-        if bad:
-            # The usual cause is a corpus whose text lives under another name: say which knob.
-            errors.append(
-                f"{where}: field {bad[0]!r} is missing or not a string (the text field is "
-                f"set by --json-keys, or pipeline.pretrain_text_field; record has {sorted(record)})"
-            )
-            continue
-        for key in keys:
-            texts[key].append(record[key])
+        _take(where, record, keys, texts, errors)
     return texts, errors
 
 
@@ -179,7 +230,7 @@ def preprocess(
     Path(prefix).parent.mkdir(parents=True, exist_ok=True)
     builders = {key: IndexedDatasetBuilder(tmp[key] + ".bin", dtype=dtype) for key in keys}
     stats = PreprocessStats(per_file={str(path): 0 for path in inputs})
-    jobs = ((chunk, keys) for chunk in _chunks(inputs))
+    jobs = ((chunk, keys) for chunk in _chunks(inputs, keys))
     bar = tqdm(unit="doc", desc="preprocess", disable=not progress, smoothing=0.1)
     try:
         with _ordered_map(workers, str(tokenizer_dir)) as ordered_map:

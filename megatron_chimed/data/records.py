@@ -1,7 +1,9 @@
 """Records from a data file of any supported type, and columns looked up through a mapping.
 
-Every reader of user data (SFT formats, reward data, RS prompts) goes through `iter_records`,
-so each file type is parsed, and each bad row reported, in one place:
+Every reader of user data (SFT formats, reward data, RS prompts, pre-training text) goes
+through `iter_records`, so each file type is parsed, and each bad row reported, in one place
+(tools/preprocess_data.py takes the type from `read_as` and parses JSON Lines in its worker
+processes, line by line, so that a bad line can be skipped):
 
 * `jsonl` (also `.ndjson`): one JSON object a line;
 * `json`: one JSON array, streamed element by element; a `.json` file whose first character is
@@ -52,14 +54,21 @@ def _first_char(path: str | Path) -> str:
     return ""
 
 
+def read_as(path: str | Path, file_type: str | None = None) -> str:
+    """The type `iter_records` reads `path` as: `file_type_of`, except that a `.json` (or
+    explicit 'json') file whose first character is not `[` is JSON Lines (CMD, MC)."""
+    kind = file_type_of(path, file_type)
+    if kind == "json" and _first_char(path) != "[":
+        kind = "jsonl"
+    return kind
+
+
 def iter_records(path: str | Path, file_type: str | None = None) -> Iterator[tuple[str, Any]]:
     """`(where, record)` for every record of `path`; CSV and Parquet records are dicts of
     column -> value (CSV values are strings, an empty cell is '')."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    kind = file_type_of(path, file_type)
-    if kind == "json" and _first_char(path) != "[":
-        kind = "jsonl"  # JSON Lines named .json (CMD, MC); an explicit 'json' still means this
+    kind = read_as(path, file_type)
     if kind == "jsonl":
         yield from iter_jsonl(path)
     elif kind == "json":

@@ -8,7 +8,9 @@ an HF export; writes `{run_dir}/{name}.json` and `{run_dir}/{name}.md` (mean and
 `checkpoint=` (a root with `latest`, or an `iter_*` folder) or `hf=` names the model;
 `tokenizer=DIR` (or `--tokenizer DIR`) uses that tokenizer folder instead of the model's own. Every
 other argument is a Hydra override of conf/, e.g. `eval.tasks.ceval.mode=generate`,
-`precision=fp32`, `eval.seeds=[0,1,2]`. Started outside torchrun, the command re-launches itself
+`precision=fp32`, `eval.seeds=[0,1,2]`. The log is `{run_dir}/eval.log`; the console shows each
+task as it starts and ends (`task i/N name ... done in Xs, metric=...`) and, in a long task, how
+many questions are done. Started outside torchrun, the command re-launches itself
 under torchrun with `launcher.nproc_per_node` ranks (launcher=torchrun) or one rank per TP shard.
 In an sbatch script, or by hand, start the ranks yourself:
 
@@ -127,6 +129,7 @@ def evaluate_megatron(
     import torch.distributed as dist
     from megatron.core import parallel_state
 
+    from megatron_chimed.eval.megatron_model import MegatronLoglikelihood
     from megatron_chimed.generation.eval_model import MegatronEvalModel
     from megatron_chimed.generation.loading import load_for_generation
     from megatron_chimed.platform import destroy, initialize
@@ -150,7 +153,8 @@ def evaluate_megatron(
         }
         return run_eval(
             eval_config(cfg),
-            MegatronEvalModel(model, loaded),
+            # + continuation scores (protocol lm_eval) on the same shard
+            MegatronLoglikelihood(MegatronEvalModel(model, loaded), model, loaded),
             cfg.run_dir if layout.rank == 0 else None,
             rank=parallel_state.get_data_parallel_rank(),
             world=layout.data_parallel,
@@ -162,6 +166,8 @@ def evaluate_megatron(
 
 
 def main(argv: list[str] | None = None) -> int:
+    from megatron_chimed import run_log
+
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
@@ -171,24 +177,28 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load(overrides)
     eval_config(cfg)  # fail on a missing task before starting any process
     nproc = processes(cfg, kind)
-    if "LOCAL_RANK" not in os.environ and nproc > 1:
-        from megatron_chimed.generation.loading import checkpoint_tokenizer
-        from megatron_chimed.launch.torchrun import torchrun
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    # RUN_DIR/eval.log: this process's lines and, through CHIMED_LOG_FILE, its rank 0's.
+    with run_log.command_log(Path(cfg.run_dir) / "eval.log" if rank0 else None, rank0):
+        if "LOCAL_RANK" not in os.environ and nproc > 1:
+            from megatron_chimed.generation.loading import checkpoint_tokenizer
+            from megatron_chimed.launch.torchrun import torchrun
 
-        checkpoint_tokenizer(path, tokenizer)  # a missing tokenizer fails before ranks start
-
-        return torchrun("megatron_chimed.eval.cli", nproc, argv)
-    if kind == "hf":
-        result = evaluate_hf(cfg, path, tokenizer)
-    else:
-        result = evaluate_megatron(cfg, path, tokenizer)
-    if "files" in result:
-        files = result["files"]
-        print(Path(files["markdown"]).read_text(encoding="utf-8").rstrip())  # the scores
-        print(f"chimed eval: wrote {files['json']} and {files['markdown']}")
-        print("chimed eval: predictions in " + ", ".join(files["predictions"]))
+            checkpoint_tokenizer(path, tokenizer)  # a missing tokenizer fails before ranks start
+            return torchrun("megatron_chimed.eval.cli", nproc, argv, name="chimed eval")
+        if kind == "hf":
+            result = evaluate_hf(cfg, path, tokenizer)
+        else:
+            result = evaluate_megatron(cfg, path, tokenizer)
+        if "files" in result:
+            files = result["files"]
+            run_log.echo(Path(files["markdown"]).read_text(encoding="utf-8").rstrip())  # scores
+            run_log.echo(f"chimed eval: wrote {files['json']} and {files['markdown']}")
+            run_log.echo("chimed eval: predictions in " + ", ".join(files["predictions"]))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from megatron_chimed.launch.rank_main import report_errors
+
+    sys.exit(report_errors("chimed eval", main))

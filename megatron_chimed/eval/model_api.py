@@ -6,10 +6,16 @@ on the Megatron model (adapter from the generation work) or on a fake model in t
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+
+from megatron_chimed.config.stages import GenerationConfig
+
+from .loglikelihood import Request, require_loglikelihood, split_pair, summed_logprob
 
 
 @runtime_checkable
@@ -41,6 +47,31 @@ def candidate_token_id(encode: Callable[[str], list[int]], prompt: str, candidat
     return alone[0]
 
 
+def with_sampling(model: Any, temperature: float | None, top_p: float | None) -> Any:
+    """`model` generating with this temperature / top-p (None keeps the model's own).
+
+    A wrapper or adapter answers through its own `with_sampling`; the Megatron `EvalModel`
+    (generation/eval_model.py) keeps its decoding in `cfg`, a GenerationConfig, copied here.
+    """
+    if temperature is None and top_p is None:
+        return model
+    if hasattr(model, "with_sampling"):
+        return model.with_sampling(temperature, top_p)
+    cfg = getattr(model, "cfg", None)
+    if isinstance(cfg, GenerationConfig):
+        changes = {"temperature": temperature, "top_p": top_p}
+        sampled = copy.copy(model)
+        sampled.cfg = dataclasses.replace(
+            cfg, **{k: v for k, v in changes.items() if v is not None}
+        )
+        sampled.cfg.validate()
+        return sampled
+    raise TypeError(
+        f"{type(model).__name__} cannot be told a temperature or top_p (the eval task sets "
+        "them); give it a with_sampling(temperature, top_p) method"
+    )
+
+
 class TemplatedModel:
     """Wraps every prompt in a chat template (e.g. Ziya's ``<human>:{prompt}\\n<bot>:``)."""
 
@@ -59,6 +90,14 @@ class TemplatedModel:
 
     def next_token_logprobs(self, prompts: list[str], candidates: list[str]) -> list[list[float]]:
         return self.model.next_token_logprobs(self._wrap(prompts), candidates)
+
+    def loglikelihood(self, requests: list[Request]) -> list[float]:
+        scorer = require_loglikelihood(self.model, "scoring continuations")
+        contexts = self._wrap([context for context, _ in requests])
+        return scorer.loglikelihood([(c, x) for c, (_, x) in zip(contexts, requests)])
+
+    def with_sampling(self, temperature: float | None, top_p: float | None) -> TemplatedModel:
+        return TemplatedModel(with_sampling(self.model, temperature, top_p), self.template)
 
 
 class HFEvalModel:
@@ -124,6 +163,33 @@ class HFEvalModel:
                 cand_ids = [self.candidate_token_id(prompt, c) for c in candidates]
                 out.append([float(row[t]) for t in cand_ids])
         return out
+
+    @torch.no_grad()
+    def loglikelihood(self, requests: list[Request]) -> list[float]:
+        """lm-eval's continuation scores (loglikelihood.py); rows right-padded, which under
+        causal attention leaves every real position as it is alone."""
+        pairs = [split_pair(self._encode, context, cont) for context, cont in requests]
+        out: list[float] = []
+        for batch in self._batches(pairs):
+            rows = [context + cont for context, cont in batch]
+            width = max(len(r) for r in rows)
+            ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for i, row in enumerate(rows):
+                ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+                mask[i, : len(row)] = 1
+            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
+            for row_logits, (context, cont) in zip(logits.logits, batch):
+                at = len(context) - 1  # the position that predicts the first continuation token
+                chosen = torch.log_softmax(row_logits[at : at + len(cont)].float(), dim=-1)
+                out.append(summed_logprob(chosen.cpu(), cont))
+        return out
+
+    def with_sampling(self, temperature: float | None, top_p: float | None) -> HFEvalModel:
+        sampled = copy.copy(self)
+        sampled.temperature = self.temperature if temperature is None else temperature
+        sampled.top_p = self.top_p if top_p is None else top_p
+        return sampled
 
     @torch.no_grad()
     def generate(self, prompts: list[str], max_new_tokens: int, seed: int) -> list[str]:

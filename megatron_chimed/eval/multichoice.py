@@ -1,9 +1,10 @@
-"""5-shot multi-choice accuracy (C-Eval, CMMLU, MedQA, your own JSON Lines file) with the
-benchmarks' official prompts.
+"""5-shot multi-choice accuracy (C-Eval, CMMLU, MedQA, your own JSON Lines file).
 
-Scoring compares the next-token log-probabilities of the option letters after the prompt
-(mode ``logprob``: no generation, no parsing, deterministic); mode ``generate`` lets the model
-write and parses the letter tolerantly, counting answers with no recognisable letter.
+Protocol ``official`` (the default) follows the benchmarks' own evaluation code: their prompts,
+and the next-token log-probabilities of the option letters after the prompt compared (mode
+``logprob``: no generation, no parsing, deterministic); mode ``generate`` lets the model write
+and parses the letter tolerantly, counting answers with no recognisable letter. Protocol
+``lm_eval`` reproduces lm-evaluation-harness's ceval-valid / cmmlu tasks (lm_eval_mc.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from megatron_chimed.config.eval import MultiChoiceConfig
 from megatron_chimed.config.load import eval_task
 
+from . import lm_eval_mc
 from .model_api import EvalModel
 from .multichoice_data import SUBJECT_NAMES_ZH, MCQuestion, load_split, read_mc_jsonl
 
@@ -86,6 +88,7 @@ class MultiChoiceTask:
         cfg = eval_task(cfg, kind="multichoice")
         # Your own file is prompted as C-Eval is: the closest official wording for a Chinese exam.
         self.style = "ceval" if cfg.format == "jsonl" else cfg.format
+        self.protocol = cfg.protocol
         self.mode = cfg.mode
         self.max_new_tokens = cfg.max_new_tokens
         self.deterministic = self.mode == "logprob"
@@ -128,13 +131,21 @@ class MultiChoiceTask:
                     f"(e.g. id {unlabelled[0]}); C-Eval test labels are not public, use val"
                 )
             header_name = names[subject]
+            prompt = lm_eval_mc.build_context if self.protocol == "lm_eval" else build_prompt
             for q in questions:
-                self.items.append((q, build_prompt(q, examples[:shots], self.style, header_name)))
+                self.items.append((q, prompt(q, examples[:shots], self.style, header_name)))
 
     def meta(self) -> dict[str, Any]:
-        return {"mode": self.mode, "split": self.split, "questions": len(self.items)}
+        return {
+            "protocol": self.protocol,
+            "mode": self.mode,
+            "split": self.split,
+            "questions": len(self.items),
+        }
 
     def run(self, model: EvalModel, seed: int) -> dict[str, Any]:
+        if self.protocol == "lm_eval":
+            return self._run_lm_eval(model)
         prompts = [p for _, p in self.items]
         option_scores: list[dict[str, float] | None]
         if self.mode == "logprob":
@@ -174,6 +185,37 @@ class MultiChoiceTask:
             "metrics": accuracy_table(correct),
             "counts": {"questions": len(self.items), "unparseable": unparsed},
             "samples": [{"prompt": p, "predicted": x} for p, x in zip(prompts[:2], predictions)],
+            "predictions": records,
+        }
+
+    def _run_lm_eval(self, model: EvalModel) -> dict[str, Any]:
+        """lm-eval's scores (lm_eval_mc.py): every choice's log-likelihood, acc, acc_norm."""
+        scored = lm_eval_mc.score_questions(model, self.items)
+        marks: dict[str, dict[str, list[float]]] = {}
+        records = []
+        for (q, prompt), scores in zip(self.items, scored):
+            predicted, predicted_norm = lm_eval_mc.predictions(q, scores)
+            subject = marks.setdefault(q.subject, {"acc": [], "acc_norm": []})
+            subject["acc"].append(float(predicted == q.answer))
+            subject["acc_norm"].append(float(predicted_norm == q.answer))
+            records.append(
+                {
+                    "id": q.qid,
+                    "subject": q.subject,
+                    "prompt": prompt,
+                    "output": predicted,
+                    "predicted": predicted,
+                    "predicted_norm": predicted_norm,
+                    "reference": q.answer,
+                    "correct": predicted == q.answer,
+                    # letter -> log-likelihood of " letter" after the prompt (lm-eval's resps)
+                    "option_scores": scores,
+                }
+            )
+        return {
+            "metrics": lm_eval_mc.lm_eval_metrics(marks),
+            "counts": {"questions": len(self.items), "unparseable": 0},
+            "samples": [{"prompt": r["prompt"], "predicted": r["predicted"]} for r in records[:2]],
             "predictions": records,
         }
 

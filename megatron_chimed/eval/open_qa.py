@@ -6,6 +6,10 @@ MC is read in its crawler layout, ``content`` = list of ``{speaker, utterance}``
 or not (docs/data_formats.md §mc).
 Your own QA file (kind ``qa_jsonl``) is JSON Lines with a question and an answer field, named in
 the config.
+
+Protocol ``standard`` (the default): zero-shot, the kind's instruction before the question,
+scored by text_metrics.py (sacrebleu ``zh`` tokens, rouge-score). Protocol ``paper``: the
+authors' released scripts' prompts, sampling and scoring (paper_protocol.py, paper_metrics.py).
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ from typing import Any
 from megatron_chimed.config.eval import TextGenerationConfig
 from megatron_chimed.config.load import eval_task
 
+from . import paper_protocol
 from .errors import DataFormatError, expect_object, jsonl_records, read_text, required
-from .model_api import EvalModel
+from .model_api import EvalModel, with_sampling
+from .paper_metrics import BLEU_WEIGHTS, paper_scores
 from .text_metrics import TOKENISATION, text_scores
 
 QA_INSTRUCTION = "假设你是一名医生，请回答患者的问题。"  # the paper's SFT prompt (Table 3)
@@ -31,6 +37,7 @@ class GenerationItem:
     item_id: str
     prompt_body: str
     reference: str
+    history: tuple[tuple[str, str], ...] = ()  # dialogues: (speaker P/D, utterance) turns
 
 
 def read_json_records(path: Path) -> list[tuple[int, dict]]:
@@ -127,6 +134,7 @@ def read_mc_dialogues(path: Path, turns: str = "last") -> list[GenerationItem]:
                 f"{record.get('id', where)}#{i}",
                 "\n".join(f"{tag}: {text}" for tag, text in lines[:i]),
                 text,
+                tuple(lines[:i]),
             )
             for i, (tag, text) in enumerate(lines)
             if i > 0 and tag == "D" and lines[i - 1][0] == "P" and text
@@ -151,50 +159,91 @@ class TextGenerationTask:
     def __init__(self, cfg: TextGenerationConfig | Any) -> None:
         cfg = eval_task(cfg, kind="text_generation")
         self.kind = cfg.kind
+        self.protocol = cfg.protocol
         self.skipped = 0
-        if self.kind == "chimed_qa":
-            items, self.skipped = read_chimed_qa(Path(cfg.data_file))
-            default = QA_INSTRUCTION
-        elif self.kind == "qa_jsonl":
-            items = read_qa_jsonl(Path(cfg.data_file), cfg.question_field, cfg.answer_field)
-            default = QA_INSTRUCTION
-        else:  # mc_dialogue: the config allows no other kind
-            items = read_mc_dialogues(Path(cfg.data_file), cfg.turns)
-            default = DIALOGUE_INSTRUCTION
-        # "" asks for the bare question (a model tuned on another prompt); None for the default.
-        instruction = default if cfg.instruction is None else cfg.instruction
+        items, default = self._read(cfg, Path(cfg.data_file))
         if cfg.limit:
             items = items[: cfg.limit]
         if not items:
             raise ValueError(f"{cfg.data_file}: no evaluation items")
         self.items = items
-        prefix = f"{instruction}\n\n" if instruction else ""
-        self.prompts = [prefix + item.prompt_body for item in items]
-        self.max_new_tokens = cfg.max_new_tokens
+        self.roles = list(cfg.roles)
+        self.shots = int(cfg.setting("shots"))
+        if self.protocol == "paper":
+            self.prompts = self._paper_prompts(cfg)
+        else:
+            # "" asks for the bare question (a model tuned on another prompt); None: default.
+            instruction = default if cfg.instruction is None else cfg.instruction
+            prefix = f"{instruction}\n\n" if instruction else ""
+            self.prompts = [prefix + item.prompt_body for item in items]
+        self.max_new_tokens = int(cfg.setting("max_new_tokens"))
+        self.temperature = cfg.setting("temperature")
+        self.top_p = cfg.setting("top_p")
         self.bleu_level = cfg.bleu_level
 
+    def _read(self, cfg: TextGenerationConfig, path: Path) -> tuple[list[GenerationItem], str]:
+        """The file's items in the kind's layout, and the kind's standard instruction."""
+        if self.kind == "chimed_qa":
+            items, self.skipped = read_chimed_qa(path)
+            return items, QA_INSTRUCTION
+        if self.kind == "qa_jsonl":
+            return read_qa_jsonl(path, cfg.question_field, cfg.answer_field), QA_INSTRUCTION
+        # mc_dialogue: the config allows no other kind
+        return read_mc_dialogues(path, cfg.turns), DIALOGUE_INSTRUCTION
+
+    def _paper_prompts(self, cfg: TextGenerationConfig) -> list[str]:
+        if self.kind == "mc_dialogue":
+            return [paper_protocol.dialogue_prompt(i.history, self.roles) for i in self.items]
+        shots: list[tuple[str, str]] = []
+        if self.shots:
+            pool, _ = self._read(cfg, Path(str(cfg.shot_file)))
+            if len(pool) < self.shots:
+                raise ValueError(f"{cfg.shot_file}: {len(pool)} items < {self.shots} shots")
+            shots = [(item.prompt_body, item.reference) for item in pool[: self.shots]]
+        return [paper_protocol.qa_prompt(i.prompt_body, shots, self.roles) for i in self.items]
+
     def meta(self) -> dict[str, Any]:
-        return {
+        meta: dict[str, Any] = {
+            "protocol": self.protocol,
             "items": len(self.items),
             "skipped_no_reference": self.skipped,
-            "tokenisation": TOKENISATION,
-            "bleu_level": self.bleu_level,
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,  # null: the model's own decoding
+            "top_p": self.top_p,
         }
+        if self.protocol == "paper":
+            meta.update(
+                shots=self.shots,
+                roles=self.roles,
+                tokenisation="the script's chinese_char_tokenize, scored per character",
+                bleu_weights={name: list(w) for name, w in BLEU_WEIGHTS.items()},
+            )
+        else:
+            meta.update(tokenisation=TOKENISATION, bleu_level=self.bleu_level)
+        return meta
 
     def run(self, model: EvalModel, seed: int) -> dict[str, Any]:
-        generated = model.generate(self.prompts, self.max_new_tokens, seed)
-        outputs = [clean_generation(text) for text in generated]
+        sampler = with_sampling(model, self.temperature, self.top_p)
+        generated = sampler.generate(self.prompts, self.max_new_tokens, seed)
         references = [item.reference for item in self.items]
+        counts = {"items": len(self.items)}
+        if self.protocol == "paper":
+            outputs = [paper_protocol.extract_answer(text, self.roles) for text in generated]
+            metrics, counts["rouge_refused"] = paper_scores(outputs, references)
+        else:
+            outputs = [clean_generation(text) for text in generated]
+            metrics = text_scores(outputs, references, self.bleu_level)
+        counts["empty_outputs"] = sum(not o.strip() for o in outputs)
         records = [
             {"id": item.item_id, "prompt": p, "output": o, "reference": item.reference, "raw": g}
             for item, p, o, g in zip(self.items, self.prompts, outputs, generated)
         ]
         return {
-            "metrics": text_scores(outputs, references, self.bleu_level),
-            "counts": {"items": len(self.items), "empty_outputs": sum(not o for o in outputs)},
+            "metrics": metrics,
+            "counts": counts,
             "samples": [
                 {"prompt": p, "output": o, "reference": r}
                 for p, o, r in list(zip(self.prompts, outputs, references))[:2]
             ],
-            "predictions": records,  # "raw": the generation before clean_generation cut it
+            "predictions": records,  # "raw": the generation before the answer was cut from it
         }

@@ -5,10 +5,12 @@ Data parallelism: each data-parallel rank evaluates a strided shard of the promp
 computes the same metrics; only rank 0 writes files. The gather itself is injected
 (``torch.distributed.all_gather_object`` in a distributed launch), so this module stays
 runnable without a process group.
+Each task starts and ends with a line on the ``megatron_chimed.eval`` logger (progress.py).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,10 +19,12 @@ from megatron_chimed.config.eval import DEFAULT_SEEDS, EvalSuiteConfig, EvalTask
 from megatron_chimed.config.load import eval_section
 
 from .bias import BiasTask
-from .model_api import EvalModel, TemplatedModel
+from .loglikelihood import require_loglikelihood
+from .model_api import EvalModel, TemplatedModel, with_sampling
 from .multichoice import MultiChoiceTask
 from .ner import NERTask
 from .open_qa import TextGenerationTask
+from .progress import ProgressModel, headline, log
 from .report import run_over_seeds, write_results
 
 T = TypeVar("T")
@@ -67,13 +71,22 @@ class ShardedModel:
         local = self.model.next_token_logprobs(shard(prompts, self.rank, self.world), candidates)
         return unshard(self.gather(local), len(prompts))
 
+    def loglikelihood(self, requests: list[tuple[str, str]]) -> list[float]:
+        scorer = require_loglikelihood(self.model, "scoring continuations")
+        local = scorer.loglikelihood(shard(requests, self.rank, self.world))
+        return unshard(self.gather(local), len(requests))
+
+    def with_sampling(self, temperature: float | None, top_p: float | None) -> ShardedModel:
+        sampled = with_sampling(self.model, temperature, top_p)
+        return ShardedModel(sampled, self.rank, self.world, self.gather)
+
 
 def _single_process_gather(local: list) -> list[list]:
     return [local]
 
 
 def run_task(name: str, cfg: EvalTaskConfig, model: EvalModel, seeds: list[int]) -> dict[str, Any]:
-    templated = TemplatedModel(model, cfg.template)
+    templated = TemplatedModel(model, cfg.prompt_template())
     return run_over_seeds(name, TASKS[cfg.task](cfg), templated, seeds)
 
 
@@ -101,18 +114,24 @@ def run_eval(
     section = eval_section(cfg)
     if section is None:
         raise ValueError("no eval task: the eval section is empty")
+    progress = ProgressModel(model)
     if isinstance(section, EvalSuiteConfig):
         suite_seeds = list(section.seeds or DEFAULT_SEEDS)
-        results = [
-            run_task(name, task, model, list(task.seeds or suite_seeds))
-            for name, task in section.tasks.items()
-        ]
+        tasks = [(name, t, list(t.seeds or suite_seeds)) for name, t in section.tasks.items()]
         stem = section.name
-        output: dict[str, Any] = {"tasks": results}
     else:
         stem = section.name or section.task
-        results = [run_task(stem, section, model, list(section.seeds or DEFAULT_SEEDS))]
-        output = results[0]
+        tasks = [(stem, section, list(section.seeds or DEFAULT_SEEDS))]
+    results = []
+    for number, (name, task, seeds) in enumerate(tasks, start=1):
+        log.info("task %d/%d %s ...", number, len(tasks), name)
+        start = time.monotonic()
+        progress.start(name)
+        results.append(run_task(name, task, progress, seeds))
+        log.info("task %d/%d %s done in %.0fs, %s", number, len(tasks), name,
+                 time.monotonic() - start, headline(results[-1]))  # fmt: skip
+    suite = isinstance(section, EvalSuiteConfig)
+    output: dict[str, Any] = {"tasks": results} if suite else results[0]
     if rank == 0 and out_dir is not None:
         json_path, md_path, predictions = write_results(Path(out_dir), stem, results, run_info)
         output["files"] = {

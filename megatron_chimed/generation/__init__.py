@@ -1,8 +1,9 @@
-"""Batched generation on the Megatron model at any TP, with megatron-core's static KV cache."""
+"""Generation on the Megatron model at any TP: megatron-core's dynamic engine (continuous
+batching over a paged KV cache) or its static KV cache, one API for both (api.py)."""
 
 from megatron_chimed.config.stages import GenerationConfig
-from megatron_chimed.generation.api import Prompt, encode_prompt, generate
-from megatron_chimed.generation.decode import generate_ids, next_token_logprobs
+from megatron_chimed.generation.api import Prompt, encode_prompt, generate, generate_ids
+from megatron_chimed.generation.decode import next_token_logprobs
 
 __all__ = [
     "GenerationConfig",

@@ -14,7 +14,9 @@ import torch
 
 from megatron_chimed.config.stages import GenerationConfig
 from megatron_chimed.data.template import ChatTemplate, get_template
-from megatron_chimed.generation.decode import generate_ids
+from megatron_chimed.generation import decode, dynamic
+from megatron_chimed.generation.cuda_graphs import disabled as cuda_graphs_disabled
+from megatron_chimed.model import unwrap
 from megatron_chimed.tokenizer import Tokenizer
 
 Prompt = str | list[dict[str, Any]]
@@ -33,6 +35,26 @@ def cut_at_stop_strings(text: str, template: ChatTemplate) -> str:
     for stop in template.stop_strings:
         text = text.split(stop, 1)[0]
     return text
+
+
+def generate_ids(
+    model: torch.nn.Module,
+    prompts: list[list[int]],
+    cfg: GenerationConfig,
+    vocab_size: int,
+    stop_ids: list[int],
+    progress: bool = False,
+    limits: list[int] | None = None,
+) -> list[list[int]]:
+    """New token ids for every prompt row, in input order, through `cfg.engine`: `dynamic`
+    (continuous batching, paged KV: dynamic.py) or `static` (batches of cfg.batch_size:
+    decode.py). Both give the same tokens for the same rows, greedy or sampled: row i is
+    sampled with key (cfg.seed, i). `limits`: each row's own cap on new tokens."""
+    cfg.validate()
+    if cfg.engine == "dynamic" and cfg.use_kv_cache:
+        return dynamic.generate_ids(model, prompts, cfg, vocab_size, stop_ids, progress, limits)
+    with cuda_graphs_disabled(unwrap(model)):
+        return decode.generate_ids(model, prompts, cfg, vocab_size, stop_ids, progress, limits)
 
 
 def generate(

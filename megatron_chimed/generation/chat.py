@@ -53,7 +53,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--top-p", type=float, default=defaults.top_p)
     ap.add_argument("--seed", type=int, default=defaults.seed)
     ap.add_argument("--num-samples", type=int, default=defaults.num_samples)
-    ap.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    ap.add_argument(
+        "--engine",
+        default=defaults.engine,
+        choices=["dynamic", "static"],
+        help="dynamic: continuous batching over a paged KV cache; static: fixed batches",
+    )
+    ap.add_argument("--batch-size", type=int, default=defaults.batch_size, help="static engine")
+    ap.add_argument(
+        "--kv-cache-gb",
+        type=float,
+        default=None,
+        help="dynamic engine: KV pool per GPU (default: a fraction of the free memory)",
+    )
+    ap.add_argument(
+        "--max-requests", type=int, default=None, help="dynamic engine: most answers in flight"
+    )
     ap.add_argument("--template", default=defaults.template)
     ap.add_argument("--instruction", default=None, help="prefix of the first user message")
     args = ap.parse_args(argv)
@@ -70,7 +85,10 @@ def generation_config(args: argparse.Namespace) -> GenerationConfig:
         top_p=args.top_p,
         seed=args.seed,
         num_samples=args.num_samples,
+        engine=args.engine,
         batch_size=args.batch_size,
+        kv_cache_gb=args.kv_cache_gb,
+        max_requests=args.max_requests,
         template=args.template,
         instruction=args.instruction,
     )

@@ -1,4 +1,6 @@
-"""Batched decoding on the megatron GPTModel (any TP), with megatron-core's static KV cache.
+"""The static engine: batched decoding on the megatron GPTModel (any TP), with megatron-core's
+static KV cache. `generation.engine: static` and the CPU fallback; the dynamic engine
+(dynamic.py) is the default.
 
 Prompts of different lengths share a batch the way megatron-core's static
 `TextGenerationController` does it, without padding tokens: the first forward pass runs every
@@ -18,7 +20,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from megatron_chimed.config.stages import GenerationConfig
-from megatron_chimed.generation.sampling import mask_padded_vocab, next_tokens
+from megatron_chimed.generation.sampling import mask_padded_vocab, next_tokens, row_keys
 from megatron_chimed.model import unwrap
 
 
@@ -94,10 +96,12 @@ def decode_batch(
     cfg: GenerationConfig,
     vocab_size: int,
     stop_ids: list[int],
-    generator: torch.Generator | None,
+    keys: torch.Tensor,
+    limits: list[int],
     table: torch.Tensor | None = None,
 ) -> list[list[int]]:
-    """New token ids for each prompt: up to `cfg.max_new_tokens`, cut before the first stop id.
+    """New token ids for each prompt: up to its limit (`limits`, at most `cfg.max_new_tokens`),
+    cut before the first stop id. `keys`: each row's sampling key (sampling.row_keys);
     `table`: the whole embedding from `whole_embedding`, or None for megatron's own."""
     from megatron.core.inference.contexts import StaticInferenceContext
     from megatron.core.inference.utils import InferenceMode
@@ -118,6 +122,8 @@ def decode_batch(
         tokens[row, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
     positions = torch.arange(total, device=device).expand(len(prompts), total)
     stops = torch.tensor(stop_ids, dtype=torch.long, device=device)
+    keys = keys.to(device)
+    limit_of = torch.tensor(limits, dtype=torch.long, device=device)
     context = StaticInferenceContext(len(prompts), total) if cfg.use_kv_cache else None
 
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
@@ -134,13 +140,14 @@ def decode_batch(
             logits = _last_logits(
                 model, tokens[:, window], positions[:, window], context, vocab_size, table
             )
-            sampled = _agree_across_tp(next_tokens(logits, cfg, generator), cfg.greedy)
+            at = torch.full_like(lengths, end)  # the position the new token takes
+            sampled = _agree_across_tp(next_tokens(logits, cfg, keys, at), cfg.greedy)
             generating = (lengths <= end) & ~done
             tokens[:, end] = torch.where(generating, sampled, tokens[:, end])
             new_count += generating.long()
             hit_stop = generating & torch.isin(sampled, stops)
             stopped |= hit_stop
-            done |= hit_stop | (generating & (new_count >= cfg.max_new_tokens))
+            done |= hit_stop | (generating & (new_count >= limit_of))
             if bool(done.all()) or end + 1 == total:
                 break
             if context is not None and bool((lengths <= end).all()):
@@ -154,6 +161,18 @@ def decode_batch(
     return out
 
 
+def check_limits(limits: list[int] | None, rows: int, max_new_tokens: int) -> list[int]:
+    """Each row's cap on new tokens: `limits` checked (one per row, 1..max_new_tokens), or
+    max_new_tokens for every row."""
+    if limits is None:
+        return [max_new_tokens] * rows
+    if len(limits) != rows or not all(1 <= n <= max_new_tokens for n in limits):
+        raise ValueError(
+            f"generation: limits needs {rows} values in 1..max_new_tokens={max_new_tokens}"
+        )
+    return list(limits)
+
+
 def generate_ids(
     model: torch.nn.Module,
     prompts: list[list[int]],
@@ -161,21 +180,33 @@ def generate_ids(
     vocab_size: int,
     stop_ids: list[int],
     progress: bool = False,
+    limits: list[int] | None = None,
 ) -> list[list[int]]:
-    """New token ids for every prompt row, in input order, decoded `cfg.batch_size` at a time.
+    """New token ids for every prompt row, in input order, decoded `cfg.batch_size` at a time
+    with megatron-core's static KV cache (the static engine). `limits`: each row's own cap on
+    new tokens (at most `cfg.max_new_tokens`; default that).
 
-    Sampling is deterministic for a given (seed, prompts, batch_size) at any TP size.
+    Row i is sampled with key (cfg.seed, i) (sampling.py), so a row's answer depends on the
+    seed, its index and its prompt only: not on batch_size, TP, or the other rows.
     """
     cfg.validate()
+    limits = check_limits(limits, len(prompts), cfg.max_new_tokens)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     device = _device(model)
-    generator = None if cfg.greedy else torch.Generator(device=device).manual_seed(cfg.seed)
+    keys = row_keys(cfg.seed, torch.arange(len(prompts), device=device))
     table = whole_embedding(model)
     out: list[list[int]] = [[] for _ in prompts]
     batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
     for rows in tqdm(batches, desc="generate", unit="batch", disable=not progress):
         answers = decode_batch(
-            model, [prompts[i] for i in rows], cfg, vocab_size, stop_ids, generator, table
+            model,
+            [prompts[i] for i in rows],
+            cfg,
+            vocab_size,
+            stop_ids,
+            keys[rows],
+            [limits[i] for i in rows],
+            table,
         )
         for i, answer in zip(rows, answers):
             out[i] = answer

@@ -13,6 +13,15 @@ from megatron_chimed.generation.decode import next_token_logprobs
 from megatron_chimed.tokenizer import Tokenizer
 
 
+def default_engine(model: torch.nn.Module) -> str:
+    """The dynamic engine, except for fp32 weights on a GPU: flash-attn's paged kernels take
+    bf16 / fp16 only, and an fp32 evaluation (`precision=fp32`) is an exactness choice."""
+    from megatron_chimed.model import unwrap
+
+    dtype = unwrap(model).config.params_dtype
+    return "static" if torch.cuda.is_available() and dtype == torch.float32 else "dynamic"
+
+
 class MegatronEvalModel:
     """`megatron_chimed.eval.model_api.EvalModel` over this rank's shard of a GPTModel.
 
@@ -29,7 +38,7 @@ class MegatronEvalModel:
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
-        self.cfg = cfg or GenerationConfig()
+        self.cfg = cfg or GenerationConfig(engine=default_engine(model))
 
     def generate(self, prompts: list[str], max_new_tokens: int, seed: int) -> list[str]:
         cfg = dataclasses.replace(self.cfg, max_new_tokens=max_new_tokens, seed=seed, num_samples=1)

@@ -40,6 +40,7 @@ SECTIONS = (
     "reward",
     "slice",
     "generation",
+    "dynamic_generation",
 )
 
 
@@ -237,7 +238,7 @@ def run_sections(
     """Sections 1-6 inside the megatron world (TP = --tp)."""
     from megatron_chimed.checkpoint.layout import resolve
     from megatron_chimed.generation.loading import model_config_from_metadata
-    from megatron_chimed.gpu_check import checks, slice_bench, train_check
+    from megatron_chimed.gpu_check import checks, dynamic_check, slice_bench, train_check
     from megatron_chimed.gpu_check.context import (
         DRY_SIZES,
         GPU_SIZES,
@@ -275,6 +276,7 @@ def run_sections(
         "reward": checks.check_reward,
         "slice": slice_bench.check_slice,
         "generation": checks.check_generation,
+        "dynamic_generation": dynamic_check.check_dynamic_generation,
     }
     results = []
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from megatron_chimed.config.schema import (  # noqa: F401 (re-exported: the launcher's API)
+from megatron_chimed.config.launcher import (  # noqa: F401 (re-exported: the launcher's API)
     KINDS,
     LauncherConfig,
     default_gpu_env,

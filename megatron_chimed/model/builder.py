@@ -111,6 +111,30 @@ def resolve_gradient_accumulation_fusion(parallel: ParallelConfig) -> bool:
     return True
 
 
+def resolve_cross_entropy_fusion(parallel: ParallelConfig, precision: str) -> str | None:
+    """The fused cross entropy that runs here (`native` | `te`), or None for megatron's
+    unfused one. Off on the CPU (CUDA kernels), and for `native` outside bf16 (its backward
+    casts the logit gradient to bf16), each said once; `te` without TE on a GPU is an error."""
+    if not parallel.cross_entropy_loss_fusion:
+        return None
+    impl = parallel.cross_entropy_fusion_impl
+    if not torch.cuda.is_available():
+        say_once("CPU run: parallel.cross_entropy_loss_fusion is off (CUDA kernels); the unfused "
+                 "cross entropy computes the same loss")  # fmt: skip
+        return None
+    if impl == "native" and precision != "bf16":
+        say_once(f"precision={precision}: parallel.cross_entropy_loss_fusion is off (megatron's "
+                 "native fused cross entropy returns bf16 gradients; "
+                 "parallel.cross_entropy_fusion_impl=te keeps the precision)")  # fmt: skip
+        return None
+    if impl == "te" and not have_transformer_engine():
+        raise RuntimeError(
+            "parallel.cross_entropy_fusion_impl=te needs Transformer Engine: `pip install "
+            ".[gpu]`, or set parallel.cross_entropy_fusion_impl=native"
+        )
+    return impl
+
+
 def transformer_config(
     model: ModelConfig, parallel: ParallelConfig, precision: Precision = "fp32"
 ) -> TransformerConfig:  # noqa: F821
@@ -131,11 +155,18 @@ def transformer_config(
     impl = resolve_transformer_impl(model.transformer_impl)
     on_gpu = torch.cuda.is_available()
     sequence_parallel = parallel.sequence_parallel and tp > 1
+    if parallel.tp_comm_overlap and impl != "transformer_engine":
+        raise ValueError(
+            "parallel.tp_comm_overlap=true needs the Transformer Engine spec (its userbuffers "
+            "overlap the TP communication; model.transformer_impl resolved to local here): "
+            "set parallel.tp_comm_overlap=false"
+        )
     if sequence_parallel and impl != "transformer_engine":
         raise ValueError(
             "parallel.sequence_parallel=true needs the Transformer Engine spec (megatron's torch "
             "RMSNorm fallback cannot split the sequence); set parallel.sequence_parallel=false"
         )
+    cross_entropy = resolve_cross_entropy_fusion(parallel, precision)
     return TransformerConfig(
         num_layers=model.num_layers,
         hidden_size=model.hidden_size,
@@ -166,6 +197,11 @@ def transformer_config(
         masked_softmax_fusion=on_gpu,
         apply_rope_fusion=on_gpu and impl == "transformer_engine",
         persist_layer_norm=False,
+        # Read by GPTModel's own loss and by ours (training/loss.py `cross_entropy_fusion`).
+        cross_entropy_loss_fusion=cross_entropy is not None,
+        cross_entropy_fusion_impl=cross_entropy or "native",
+        # TE userbuffers, set up before the model is built (model/userbuffers.py).
+        tp_comm_overlap=parallel.tp_comm_overlap,
         # Losses are per token (training/loss.py): megatron's DDP sums gradients and
         # finalize_model_grads divides them by the global batch's loss-token count.
         calculate_per_token_loss=True,

@@ -27,6 +27,10 @@ from megatron_chimed.rejection_sampling.files import final_policy
 from megatron_chimed.stages import STAGES
 
 
+class StepFailed(RuntimeError):
+    """A step's command exited non-zero; its output (and error line) is in its log."""
+
+
 @dataclass
 class Context:
     run_dir: Path
@@ -68,7 +72,7 @@ class Context:
                 sys.stdout.write(line)
                 log.write(line)
             if proc.wait() != 0:
-                raise RuntimeError(f"step {step} failed ({proc.returncode}): see {log_path}")
+                raise StepFailed(f"step {step} failed (exit {proc.returncode}): see {log_path}")
 
     def train(self, stage: str, *extra: str) -> dict[str, Any]:
         p = self.pipeline

@@ -3,7 +3,8 @@ docs/data_formats.md §RS.
 
 
 files.py         the files between phases: shards, DONE markers, phase log, report
-selection.py     top-k per prompt, ShareGPT output, score statistics (pure functions)
+selection.py     which answers are kept (top-k per prompt or global top-M), ShareGPT output,
+                 score and per-rule statistics (pure functions)
 phases.py        the five phases of a round
 
 The stage itself (rounds of phases, resumable) is megatron_chimed/stages/rs.py.

@@ -25,7 +25,12 @@ from megatron_chimed.data.sft import SFTDataConfig
 from megatron_chimed.data.sft.readers import read_source
 from megatron_chimed.data.template import ASSISTANT, USER
 from megatron_chimed.rejection_sampling import files
-from megatron_chimed.rejection_sampling.selection import kept_records, kept_stats, score_stats
+from megatron_chimed.rejection_sampling.selection import (
+    kept_records,
+    kept_stats,
+    rule_stats,
+    score_stats,
+)
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +128,7 @@ def generate_answers(rnd: Round, out: Path) -> dict:
     """(b) `num_samples` answers per prompt from the policy, sampled with a seed per (round,
     shard): a shard redone after a kill gets the same answers, at any DP size."""
     from megatron_chimed.generation import generate
+    from megatron_chimed.generation.dynamic import close as close_engine
     from megatron_chimed.generation.loading import load_for_generation
 
     tp = rnd.cfg.parallel.tensor_model_parallel_size
@@ -141,7 +147,10 @@ def generate_answers(rnd: Round, out: Path) -> dict:
         answers = generate(model, tokenizer, chats, gen)
         return [{**row, "answers": a} for row, a in zip(rows, answers)]
 
-    for_my_shards(rnd, out, "generate", work)
+    try:
+        for_my_shards(rnd, out, "generate", work)
+    finally:
+        close_engine(model)  # the KV pool and CUDA graphs, before the reward model loads
     if not rank0():
         return {}
     answers = [a for row in files.read_shards(out, rnd.num_shards) for a in row["answers"]]
@@ -167,8 +176,9 @@ def score_answers(rnd: Round, out: Path) -> dict:
         rows = files.read_jsonl(files.shard_path(rnd.dir("generate"), shard))
         pairs = [(row["prompt"], a) for row in rows for a in row["answers"]]
         scores = score_texts(
-            model, tokenizer, pairs, template, context, batch_size=rnd.rs.score_batch_size
-        )
+            model, tokenizer, pairs, template, context,
+            batch_size=rnd.rs.score_batch_size, batch_tokens=rnd.rs.score_batch_tokens,
+        )  # fmt: skip
         return [{**row, "scores": scores[i * n : (i + 1) * n]} for i, row in enumerate(rows)]
 
     for_my_shards(rnd, out, "score", work)
@@ -178,18 +188,22 @@ def score_answers(rnd: Round, out: Path) -> dict:
 
 
 def select_answers(rnd: Round, out: Path) -> dict:
-    """(d) the top-k answers of each prompt (above `score_threshold`) as ShareGPT SFT data."""
+    """(d) the answers `rs.selection` keeps (the top_k of each prompt, or the top_m of the
+    round), above `score_threshold`, as ShareGPT SFT data. The statistics also say what each
+    rule would keep (`rules`), so the report compares them on the same scores."""
     if not rank0():
         return {}
+    rs = rnd.rs
     rows = list(files.read_shards(rnd.dir("score"), rnd.num_shards))
-    kept = kept_records(rows, rnd.rs.top_k, rnd.rs.score_threshold)
+    kept = kept_records(rows, rs.top_k, rs.score_threshold, rs.selection, rs.top_m)
     if not kept:
         raise ValueError(
             f"RS round {rnd.index}: no answer kept; rs.score_threshold="
-            f"{rnd.rs.score_threshold} is above every score (mean {score_stats(rows)['mean']:.3f})"
+            f"{rs.score_threshold} is above every score (mean {score_stats(rows)['mean']:.3f})"
         )
     files.write_jsonl(out / KEPT, kept)
-    return kept_stats(rows, kept)
+    rules = rule_stats(rows, rs.top_k, rs.top_m, rs.score_threshold)
+    return {"selection": rs.selection, **kept_stats(rows, kept), "rules": rules}
 
 
 def fine_tune(rnd: Round, out: Path) -> dict | None:

@@ -233,3 +233,20 @@ def sequence_multiple(model: torch.nn.Module) -> int:
 
     config = unwrap(model).config
     return config.tensor_model_parallel_size if config.sequence_parallel else 1
+
+
+def length_batches(lengths: Sequence[int], max_rows: int, max_tokens: int) -> list[list[int]]:
+    """Indices into `lengths` grouped for scoring: sorted by length (longest first, so the
+    first batch shows at once whether the budget fits), each batch at most `max_rows`
+    sequences and at most `max_tokens` once padded to its longest (rows x longest). A sequence
+    longer than the budget goes alone. Similar lengths share a batch, so little is padding."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    for i in order:
+        batch = batches[-1] if batches else None
+        # Longest first: the batch's first sequence is its longest.
+        if batch and len(batch) < max_rows and (len(batch) + 1) * lengths[batch[0]] <= max_tokens:
+            batch.append(i)
+        else:
+            batches.append([i])
+    return batches

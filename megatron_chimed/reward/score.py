@@ -7,7 +7,8 @@
 Each input line is `{"prompt": str, "response": str, ...}` (field names configurable); each
 output line is the input record with `"score": float` added, in input order, written atomically
 by rank 0 once everything is scored. The text is rendered with the chat template the RM was
-trained with (`--template`, `--instruction`), so it must match the RM's data config.
+trained with (`--template`, `--instruction`), so it must match the RM's data config. The log is
+OUTPUT.log.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from megatron_chimed.reward.batch import (
     RankedExample,
     collate,
     encode_response,
+    length_batches,
     sequence_multiple,
 )
 from megatron_chimed.reward.data import RankedRecord
@@ -63,19 +65,29 @@ def score_texts(
     seq_length: int,
     instruction: str | None = None,
     batch_size: int = 8,
+    batch_tokens: int | None = None,
 ) -> list[float]:
-    """One score per (prompt, response), batch by batch; every TP rank scores every batch."""
+    """One score per (prompt, response), in input order. The sequences are sorted by length
+    and batched by `batch_size` rows and `batch_tokens` padded tokens (rows x longest;
+    default: batch_size x seq_length), so a batch is mostly real tokens; every TP rank scores
+    every batch. Right padding does not change a score (causal attention, score read at the
+    last real token), so the batching changes no result."""
     device = next(model.parameters()).device
-    scores: list[float] = []
-    for start in range(0, len(texts), batch_size):
-        examples = []
-        for prompt, response in texts[start : start + batch_size]:
-            record = RankedRecord(prompt, (response,))
-            ids, _ = encode_response(template, tokenizer, record, 0, seq_length, instruction)
-            examples.append(RankedExample((ids,), ()))
-        batch = collate(examples, seq_length, tokenizer.pad, device, sequence_multiple(model))
+    encoded = []
+    for prompt, response in texts:
+        record = RankedRecord(prompt, (response,))
+        ids, _ = encode_response(template, tokenizer, record, 0, seq_length, instruction)
+        encoded.append(ids)
+    budget = batch_tokens if batch_tokens is not None else batch_size * seq_length
+    scores: list[float] = [0.0] * len(texts)
+    for rows in length_batches([len(ids) for ids in encoded], batch_size, budget):
+        multiple = sequence_multiple(model)
+        width = -(-len(encoded[rows[0]]) // multiple) * multiple  # the batch's longest first
+        examples = [RankedExample((encoded[i],), ()) for i in rows]
+        batch = collate(examples, width, tokenizer.pad, device, multiple)
         out = model(batch.tokens, batch.position_ids, None, batch.last_index)
-        scores.extend(out.float().tolist())
+        for i, score in zip(rows, out.float().tolist()):
+            scores[i] = score
     return scores
 
 
@@ -101,20 +113,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--template", default="ziya")
     ap.add_argument("--instruction", default=None, help="prefix of the question, as in training")
     ap.add_argument("--seq-length", type=int, default=None, help="default: the model's context")
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=8, help="most sequences in one forward")
+    ap.add_argument(
+        "--batch-tokens", type=int, default=None, help="most padded tokens in one forward"
+    )
     return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from megatron_chimed.platform import destroy, initialize
+    from megatron_chimed import run_log
 
     args = parse_args(argv)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    # OUTPUT.log: this process's lines and, through CHIMED_LOG_FILE, its rank 0's.
+    with run_log.command_log(run_log.log_path_for(args.output) if rank0 else None, rank0):
+        return _score(args, argv)
+
+
+def _score(args: argparse.Namespace, argv: list[str] | None) -> int:
+    from megatron_chimed.platform import destroy, initialize
+
     records = read_scoring_records(args.input, args.prompt_field, args.response_field)
     if "LOCAL_RANK" not in os.environ and (args.tp or 1) > 1:
         # Started by hand: one rank per TP shard, through the one torchrun launcher.
         from megatron_chimed.launch.torchrun import torchrun
 
-        return torchrun("megatron_chimed.reward.score", args.tp, argv or sys.argv[1:])
+        return torchrun("megatron_chimed.reward.score", args.tp, argv or sys.argv[1:],
+                        name="score")  # fmt: skip
     tensor_parallel = args.tp or int(os.environ.get("WORLD_SIZE", "1"))
     initialize(tensor_parallel=tensor_parallel)
     try:
@@ -130,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             args.seq_length or context,
             args.instruction,
             args.batch_size,
+            args.batch_tokens,
         )
         if dist.get_rank() == 0:
             lines = [
@@ -142,4 +168,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from megatron_chimed.launch.rank_main import report_errors
+
+    raise SystemExit(report_errors("score", main))

@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from megatron_chimed.data.pretrain import PretrainDataConfig, build_pretrain_datasets
-from megatron_chimed.training.loss import masked_lm_loss
+from megatron_chimed.training.loss import cross_entropy_fusion, masked_lm_loss
 from megatron_chimed.training.stage import Datasets, ForwardStepResult, Stage
 
 
@@ -34,8 +34,11 @@ class PretrainStage(Stage):
     def forward_step(self, data_iterator: Iterator, model: torch.nn.Module) -> ForwardStepResult:
         batch = next(data_iterator)
         device = next(model.parameters()).device
+        # non_blocking: a blocking copy would wait for all the GPU work queued so far, once per
+        # micro-batch (the loop pins the loader's batches on GPUs).
         tokens, labels, loss_mask, position_ids = (
-            batch[k].to(device) for k in ("tokens", "labels", "loss_mask", "position_ids")
+            batch[k].to(device, non_blocking=True)
+            for k in ("tokens", "labels", "loss_mask", "position_ids")
         )
         logits = model(tokens, position_ids, None)
         return logits, partial(
@@ -43,4 +46,5 @@ class PretrainStage(Stage):
             labels=labels,
             loss_mask=loss_mask,
             true_vocab_size=self.cfg.model.vocab_size,
+            fusion=cross_entropy_fusion(model),
         )

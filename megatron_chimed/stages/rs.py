@@ -1,4 +1,4 @@
-"""The rs stage: rounds of (a) prompts -> (b) answers -> (c) rewards -> (d) top-k -> (e) SFT.
+"""The rs stage: rounds of (a) prompts -> (b) answers -> (c) rewards -> (d) selection -> (e) SFT.
 
     torchrun -m megatron_chimed.train stage=rs checkpoint.load=SFT_CKPT \
         rs.reward_checkpoint=RM_CKPT run_dir=runs/rs

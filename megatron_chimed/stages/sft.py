@@ -25,7 +25,7 @@ from megatron_chimed.data.sft import (
 )
 from megatron_chimed.model import resolve_transformer_impl
 from megatron_chimed.tokenizer import Tokenizer
-from megatron_chimed.training.loss import masked_lm_loss
+from megatron_chimed.training.loss import cross_entropy_fusion, masked_lm_loss
 from megatron_chimed.training.stage import Datasets, ForwardStepResult, Stage
 
 
@@ -62,8 +62,9 @@ class SFTStage(Stage):
     def forward_step(self, data_iterator: Iterator, model: torch.nn.Module) -> ForwardStepResult:
         batch = next(data_iterator)
         device = next(model.parameters()).device
+        # non_blocking: a blocking copy waits for the GPU work queued so far (see cpt.py).
         tokens, labels, loss_mask, position_ids, cu_seqlens = (
-            batch[k].to(device)
+            batch[k].to(device, non_blocking=True)
             for k in ("tokens", "labels", "loss_mask", "position_ids", "cu_seqlens")
         )
         seq_length = tokens.shape[1]
@@ -72,7 +73,12 @@ class SFTStage(Stage):
         elif self.thd:
             flat = [t.reshape(1, -1) for t in (tokens, labels, loss_mask, position_ids)]
             tokens, labels, loss_mask, position_ids = flat
-            params = packed_seq_params(cu_seqlens, seq_length)
+            # From the host copy: its boundaries and max length are read on the host, which on
+            # the device would wait for the GPU, twice per micro-batch.
+            params = packed_seq_params(batch["cu_seqlens"], seq_length)
+            params.cu_seqlens_q = params.cu_seqlens_kv = params.cu_seqlens_q.to(
+                device, non_blocking=True
+            )
             logits = model(tokens, position_ids, None, packed_seq_params=params)
         else:
             logits = model(tokens, position_ids, block_causal_mask(cu_seqlens, seq_length))
@@ -81,4 +87,5 @@ class SFTStage(Stage):
             labels=labels,
             loss_mask=loss_mask,
             true_vocab_size=self.cfg.model.vocab_size,
+            fusion=cross_entropy_fusion(model),
         )

@@ -4,11 +4,16 @@ Run under torchrun like the trainer, with Hydra-style `key=value` arguments; it 
 `probe.steps` and `probe.step_s` and ignores the rest. It keeps the trainer's launch contract:
 - initialises torch.distributed (gloo) from the torchrun env and all_reduces;
 - each "step" all_reduces a value that depends on the step, so the final total is known;
-- on SIGUSR1/SIGTERM the ranks agree (all_reduce MAX of the flag) to stop at the same step
+- on SIGUSR1/SIGTERM/SIGINT the ranks agree (all_reduce MAX of the flag) to stop at the same step
   boundary, rank 0 writes `checkpoints/step_N.json` and the `latest` pointer, all exit 0;
 - a start resumes from `latest`.
 Each rank appends JSON events (start, checkpoint, done) to `run_dir/probe/rank<R>.jsonl` and
 rank 0 writes the last finished step to `run_dir/probe/progress`.
+
+Failure modes, for the launcher's error reporting: `probe.startup_s=S` spends S seconds in the
+trainer's start-up window (training/startup.py guard, `run_dir/probe/starting<R>` written when
+it begins); `probe.fail=RANKS` (e.g. `all`, `1`) raises a user error (ConfigError) on those
+ranks after the first collective, as a bad data file found by the ranks would.
 """
 
 from __future__ import annotations
@@ -55,10 +60,22 @@ def _save(ckpt_dir: Path, step: int, total: float) -> None:
     dist.barrier()  # nobody exits (or resumes) before the checkpoint is complete
 
 
+def _start_up(run_dir: Path, seconds: float) -> None:
+    """The trainer's start-up window: a Ctrl-C here ends the run (StartupInterrupted)."""
+    from megatron_chimed.training import startup
+
+    startup.guard()
+    (run_dir / "probe").mkdir(parents=True, exist_ok=True)
+    (run_dir / "probe" / f"starting{os.environ.get('RANK', '0')}").write_text("")
+    time.sleep(seconds)
+
+
 def main(argv: list[str]) -> int:
     args = _args(argv)
     run_dir = Path(args["run_dir"])
     steps, step_s = int(args.get("probe.steps", "3")), float(args.get("probe.step_s", "0"))
+    if float(args.get("probe.startup_s", "0")):
+        _start_up(run_dir, float(args["probe.startup_s"]))
     stop = {"signal": 0}
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -66,6 +83,7 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGUSR1, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)  # a Ctrl-C, relayed by launch/torchrun.py
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -80,6 +98,11 @@ def main(argv: list[str]) -> int:
 
     check = torch.tensor([float(rank + 1)])
     dist.all_reduce(check)
+    failing = args.get("probe.fail", "")
+    if failing == "all" or str(rank) in failing.split(","):
+        from megatron_chimed.config import ConfigError
+
+        raise ConfigError("probe.fail: corpus.jsonl:3: field 'text' is missing (see --json-keys)")
     step, total = _load_latest(ckpt_dir)
     event(
         event="start",

@@ -26,10 +26,16 @@ from omegaconf import OmegaConf
 
 from megatron_chimed.checkpoint import layout, verified
 from megatron_chimed.config.schema import RunConfig, TrainingConfig
+from megatron_chimed.model.userbuffers import initialize_userbuffers
 from megatron_chimed.platform import compute_device, seed_everything
 from megatron_chimed.training import checkpointing, resume_checks
 from megatron_chimed.training.metrics import MetricsLogger, log
-from megatron_chimed.training.optim import build_optimizer, params_gathered, wrap_ddp
+from megatron_chimed.training.optim import (
+    build_optimizer,
+    params_gathered,
+    pauses_param_gather,
+    wrap_ddp,
+)
 from megatron_chimed.training.preemption import PreemptionFlag
 from megatron_chimed.training.stage import Stage
 
@@ -73,7 +79,13 @@ def _loader(dataset: Any, consumed: int, cfg: TrainingConfig) -> Iterator:
     workers = cfg.dataloader_workers
     return iter(
         torch.utils.data.DataLoader(
-            dataset, batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0
+            dataset,
+            batch_sampler=sampler,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            # Page-locked batches: the stages' non_blocking copies to the GPU then overlap
+            # with its work instead of staging through pageable memory.
+            pin_memory=torch.cuda.is_available(),
         )
     )
 
@@ -119,7 +131,8 @@ def train(cfg: RunConfig, stage: Stage, tokenizer_dir: str | Path | None = None)
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
     # Before anything slow (building a 13B model, loading its weights): a preemption signal
-    # that arrives during start-up is then honoured at the first step instead of being lost.
+    # that arrives during start-up is then honoured at the first step instead of being lost,
+    # and a Ctrl-C ends the start-up at once (training/startup.py).
     preemption = PreemptionFlag()
     # The run as it trains: a stage may derive its schedule from its data (the RM's epochs).
     training, optim = stage.schedule()
@@ -130,6 +143,8 @@ def train(cfg: RunConfig, stage: Stage, tokenizer_dir: str | Path | None = None)
     t = cfg.training
     dp = parallel_state.get_data_parallel_world_size()
     num_micro = t.num_microbatches(dp)
+    # TE's TP-overlap buffers must exist before its layers are built (parallel.tp_comm_overlap).
+    initialize_userbuffers(cfg.parallel, cfg.model.hidden_size, t.seq_length, t.micro_batch_size)
     model = stage.build_model()
     ddp = wrap_ddp(model, cfg.parallel)
     optimizer, scheduler = build_optimizer(
@@ -151,6 +166,10 @@ def train(cfg: RunConfig, stage: Stage, tokenizer_dir: str | Path | None = None)
                      latest)  # fmt: skip
     elif cfg.checkpoint.load:
         stage.load_weights(model, str(verified.load_point(cfg.checkpoint.load, on_corrupt)))
+        # The optimizer took its fp32 main params from the weights as built; in bf16/fp16 they
+        # are copies, and the first step would write them (random init + update) back over the
+        # loaded weights. Megatron-LM's load_checkpoint does the same without optimizer state.
+        optimizer.reload_model_params()
 
     train_ds, valid_ds, _ = stage.datasets(_total_samples(t))
     data = _loader(train_ds, consumed, t)
@@ -185,14 +204,28 @@ def train(cfg: RunConfig, stage: Stage, tokenizer_dir: str | Path | None = None)
         if rank0 and cfg.checkpoint.keep_last:
             checkpointing.prune(ckpt_root, cfg.checkpoint.keep_last)
 
+    # Per step the loop adds to megatron's own work only what stays off the critical path:
+    # loss reports stay on the device until a log line needs them (one copy per log interval),
+    # the preemption check's all-reduce runs in the background (preemption.py `poll`).
     window: list[dict[str, torch.Tensor]] = []
     window_start, grad_norms = time.perf_counter(), []
+    paused = 0.0  # validation and save seconds in this log window: not training time
     status = "done"
+    # With overlap_param_gather the forward pre-hooks all-gather the params an optimizer step
+    # updated. Before the first step there is nothing to gather (every rank built or loaded
+    # the same params), so, as Megatron-LM does, the first iteration runs without the hooks.
+    first_step_hooks_off = pauses_param_gather(ddp) and iteration < t.train_iters
+    if first_step_hooks_off:
+        ddp.disable_forward_pre_hook(param_sync=False)
+    preemption.started()  # from here a Ctrl-C checkpoints at the next step
     while iteration < t.train_iters:
         ddp.zero_grad_buffer()
         optimizer.zero_grad()
         reports = _global_batch(ddp, stage, data, t, num_micro, forward_only=False)
         updated, grad_norm, _ = optimizer.step()
+        if first_step_hooks_off:  # the next forward gathers what this step updated
+            ddp.enable_forward_pre_hook()
+            first_step_hooks_off = False
         if updated:
             scheduler.step(increment=1)
         iteration += 1
@@ -201,7 +234,8 @@ def train(cfg: RunConfig, stage: Stage, tokenizer_dir: str | Path | None = None)
         grad_norms.append(grad_norm or 0.0)
 
         if iteration % t.log_interval == 0 or iteration == t.train_iters:
-            elapsed = time.perf_counter() - window_start
+            now = time.perf_counter()
+            elapsed = now - window_start - paused
             steps = len(grad_norms)
             metrics.log(
                 "train",
@@ -215,19 +249,25 @@ def train(cfg: RunConfig, stage: Stage, tokenizer_dir: str | Path | None = None)
                     "step_s": elapsed / steps,
                 },
             )
-            window, grad_norms, window_start = [], [], time.perf_counter()
+            # From `now`: this log line's own cost is loop overhead, counted in the next window.
+            window, grad_norms, window_start, paused = [], [], now, 0.0
         if valid_ds is not None and t.eval_interval and iteration % t.eval_interval == 0:
+            start = time.perf_counter()
             with params_gathered(ddp):
                 metrics.log("valid", iteration, _evaluate(ddp, stage, valid_ds, t, num_micro))
+            paused += time.perf_counter() - start
 
-        stop = preemption.requested()
+        stop = preemption.poll()
         if stop or iteration == t.exit_after:
             status = "preempted" if stop else "exit"
             save()
             break
         every = cfg.checkpoint.save_interval  # 0: only at the end
         if (every and iteration % every == 0) or iteration == t.train_iters:
+            start = time.perf_counter()
             save()
+            paused += time.perf_counter() - start
+    preemption.drain()
     metrics.close()
     if status == "done":
         stage.after_training(model)

@@ -1,8 +1,15 @@
 """SIGTERM / SIGUSR1 / SIGINT -> checkpoint at the next step boundary, then exit 0 (Slurm requeues).
 
-The handler only sets a flag; the loop asks `requested()` once per step, which all-reduces the
-flag (MAX) so every rank stops after the same step even if the signal reached only some. A
-second SIGINT (Ctrl-C twice) aborts at once: exit 130, no checkpoint.
+The handler only sets a flag; the loop asks `poll()` once per step, which all-reduces the
+flag (MAX) so every rank stops after the same step even if the signal reached only some. The
+all-reduce runs in the background (a host collective that would otherwise make every rank wait
+for the slowest one at every step), so a signal received during step n stops the run after
+step n + 1: worst case two steps, then the checkpoint save (a step of the 13B model takes
+seconds, Slurm's grace before the kill is `launcher.signal_grace_s`, 300 s by default). A
+second SIGINT (Ctrl-C twice) aborts at once: exit 130, no checkpoint. Until the first step
+(`started`), the flag keeps the start-up rules of training/startup.py: a Ctrl-C while the model
+is built or a checkpoint loaded ends the run with one line, nothing saved; a TERM or USR1 that
+arrived during start-up is honoured at the first step.
 
 The signal may reach every process of the job (Slurm's `scancel --signal` without --batch, Slurm
 preemption, a process-group kill), helper processes included. megatron-core's checkpoint writer
@@ -25,9 +32,10 @@ import torch.distributed as dist
 
 from megatron_chimed import lifetime
 from megatron_chimed.platform import host_group
+from megatron_chimed.training import startup
+from megatron_chimed.training.startup import ABORT_STATUS, SIGNALS
 
-SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
-ABORT_STATUS = 130  # what a shell reports for a process stopped by Ctrl-C
+__all__ = ["ABORT_STATUS", "SIGNALS", "PreemptionFlag", "mark_preempted"]
 # The batch shell of launch/slurm.sbatch names this file and removes it at each start: a signal
 # sent with `scancel --signal` (without --batch) reaches the ranks but never the shell, which
 # learns from the file that the ranks stopped for a preemption and requeues the job.
@@ -40,22 +48,30 @@ class PreemptionFlag:
     """Create on every rank, in the main thread (it may create a process group, a collective)."""
 
     def __init__(self) -> None:
-        self.received = 0
+        self.received = startup.take_pending()
         self.interrupted = False
+        self.starting = True  # until the loop's first step: Ctrl-C ends the start-up
         for sig in SIGNALS:
             signal.signal(sig, self._on_signal)
         shield_checkpoint_writer()
         # The flag is a host tensor: it goes over the gloo host group, never NCCL (which takes
         # CUDA tensors only), and costs no device sync.
         self.group = host_group()
+        self._pending: tuple[Any, torch.Tensor] | None = None  # poll's all-reduce in flight
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         if signum == signal.SIGINT:
+            if self.starting:
+                startup.interrupt()  # raises: nothing trained, nothing to save
             if self.interrupted:
                 # Ctrl-C twice: the user wants out now, not after a checkpoint of many GBs.
                 os._exit(ABORT_STATUS)
             self.interrupted = True
         self.received = signum
+
+    def started(self) -> None:
+        """The loop is about to run its first step: a Ctrl-C now checkpoints at the next one."""
+        self.starting = False
 
     def requested(self) -> bool:
         """Whether any rank got a signal (a collective: call it on every rank)."""
@@ -63,6 +79,38 @@ class PreemptionFlag:
         if dist.is_initialized():
             dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group)
         return bool(flag.item())
+
+    def poll(self) -> bool:
+        """The loop's check after each step, without waiting for the other ranks: whether any
+        rank had a signal when the previous poll ran (a collective: call it on every rank at
+        the same steps).
+
+        Each poll starts an asynchronous all-reduce of the flag and returns the result of the
+        one the previous poll started, complete by then. The first poll blocks instead, so a
+        signal from start-up still stops the run after the first step. Later, a signal received
+        during step n stops it after step n + 1. A host tensor on the gloo group: no device
+        sync either."""
+        if not dist.is_initialized():
+            return bool(self.received)
+        if self._pending is None:
+            stop = self.requested()
+        else:
+            work, flag = self._pending
+            work.wait()
+            stop = bool(flag.item())
+            self._pending = None
+        if not stop:
+            flag = torch.tensor([float(self.received)])
+            work = dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group, async_op=True)
+            self._pending = (work, flag)
+        return stop
+
+    def drain(self) -> None:
+        """Wait for the all-reduce the last poll started (every rank, when the loop ends), so
+        that none is in flight when the next run starts or the process group goes."""
+        if self._pending is not None:
+            self._pending[0].wait()
+            self._pending = None
 
 
 def shield_checkpoint_writer() -> None:

@@ -1,4 +1,5 @@
-"""tools/preprocess_data.py: JSONL -> indexed dataset round trip, malformed lines, atomic output."""
+"""tools/preprocess_data.py: records (JSONL, JSON array, CSV, Parquet) -> indexed dataset round
+trip, malformed lines, atomic output."""
 
 from __future__ import annotations
 
@@ -102,7 +103,7 @@ def test_no_documents_exits_2_naming_the_file_and_writes_nothing(
     proc = preprocess_cli(src, tmp_path / "o", tiny_ziya, "--skip-bad")
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {src}: no documents")
-    assert list(tmp_path.glob("o*")) == []
+    assert [p.name for p in tmp_path.glob("o*")] == ["o.preprocess.log"]  # the log, no data
 
 
 def test_an_input_without_documents_is_warned_about(tiny_ziya: Path, tmp_path: Path) -> None:
@@ -128,3 +129,46 @@ def test_a_finished_output_is_kept_until_its_inputs_change(tiny_ziya: Path, tmp_
     remade = bin_file.stat().st_mtime_ns
     forced = preprocess([src], tmp_path / "out", tiny_ziya, progress=False, force=True)
     assert forced == changed and bin_file.stat().st_mtime_ns != remade
+
+
+def test_json_array_csv_and_parquet_inputs(tiny_ziya: Path, tmp_path: Path) -> None:
+    import csv
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    rows = [{"body": t, "n": i} for i, t in enumerate(TEXTS)]
+    array = tmp_path / "a.json"
+    array.write_text(json.dumps(rows[:1], ensure_ascii=False), encoding="utf-8")
+    table = tmp_path / "b.csv"
+    with open(table, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["body", "n"])
+        writer.writeheader()
+        writer.writerows(rows[1:2])
+    parquet = tmp_path / "c.parquet"
+    pq.write_table(pa.Table.from_pylist(rows[2:]), parquet)
+    inputs = [array, table, parquet]
+    stats = preprocess(inputs, tmp_path / "out", tiny_ziya, ["body"], workers=2, progress=False)
+    tok = ZiyaTokenizer(tiny_ziya)
+    dataset = IndexedDataset(output_prefix(tmp_path / "out", "body"))
+    assert [dataset[i].tolist() for i in range(len(dataset))] == [
+        tok.encode(t) + [tok.eod] for t in TEXTS
+    ]
+    assert stats.per_file == {str(p): 1 for p in inputs}
+    made = Path(output_prefix(tmp_path / "out", "body") + ".bin").stat().st_mtime_ns
+    assert preprocess(inputs, tmp_path / "out", tiny_ziya, ["body"], progress=False) == stats
+    assert Path(output_prefix(tmp_path / "out", "body") + ".bin").stat().st_mtime_ns == made
+
+
+@pytest.mark.slow
+def test_cli_names_the_csv_row_and_json_keys(tiny_ziya: Path, tmp_path: Path) -> None:
+    src = tmp_path / "notes.csv"
+    src.write_text("title,body\n头痛,多休息\n", encoding="utf-8")
+    proc = preprocess_cli(src, tmp_path / "o", tiny_ziya)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: {src}:2: field 'text' is missing or not a string (the text field is set by "
+        "--json-keys, or pipeline.pretrain_text_field; record has ['body', 'title'])"
+    )
+    assert (tmp_path / "o.preprocess.log").read_text().count(f"{src}:2: field 'text'") == 1

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from megatron_chimed.data.sft import cache as sft_cache
 from megatron_chimed.data.sft import dataset as sft_dataset
 from megatron_chimed.data.sft.config import load_data_config
 from megatron_chimed.data.sft.encode import Encoder, EncodeStats
@@ -160,7 +161,7 @@ def sample_cfg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 def test_dataset_rows_are_deterministic_and_cached(sample_cfg, tok: ZiyaTokenizer) -> None:
     ds = sft_dataset.packed_sft_dataset(sample_cfg, tok)
-    files = list(Path(sample_cfg.cache_dir).glob("sft_*.npz"))
+    files = list(Path(sample_cfg.cache_dir).glob("sft_*.json"))
     assert len(files) == 1 and not list(Path(sample_cfg.cache_dir).glob(".*"))
     stamp = files[0].stat().st_mtime_ns
     again = sft_dataset.packed_sft_dataset(sample_cfg, tok)
@@ -176,7 +177,7 @@ def test_dataset_rows_are_deterministic_and_cached(sample_cfg, tok: ZiyaTokenize
 
     sample_cfg.seed = 7
     other = sft_dataset.packed_sft_dataset(sample_cfg, tok)
-    assert len(list(Path(sample_cfg.cache_dir).glob("sft_*.npz"))) == 2
+    assert len(list(Path(sample_cfg.cache_dir).glob("sft_*.json"))) == 2
     assert not torch.equal(other[0]["tokens"], ds[0]["tokens"])
 
 
@@ -184,7 +185,7 @@ def test_failed_cache_write_leaves_no_file(sample_cfg, tok, monkeypatch) -> None
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(sft_dataset.np, "savez", crash)
+    monkeypatch.setattr(sft_cache, "gather_index", crash)
     with pytest.raises(OSError, match="disk full"):
         sft_dataset.packed_sft_dataset(sample_cfg, tok)
     assert os.listdir(sample_cfg.cache_dir) == []
@@ -207,7 +208,7 @@ def test_cache_defaults_to_the_folder_the_stage_passes_and_reports_reader_drops(
     )
     run_cache = tmp_path / "run" / "cache" / "sft"
     ds = sft_dataset.packed_sft_dataset(cfg, tok, run_cache)
-    assert len(list(run_cache.glob("sft_*.npz"))) == 1 and not (tmp_path / "runs").exists()
+    assert len(list(run_cache.glob("sft_*.json"))) == 1 and not (tmp_path / "runs").exists()
     assert ds.stats["chat"] == {
         "dropped_leading_assistant_turn": 1,
         "dropped_trailing_user_turn": 1,

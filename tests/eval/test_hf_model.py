@@ -157,3 +157,16 @@ def test_suite_runs_on_the_tiny_model_and_sample_data(tokenizer, tmp_path):
     for task in result["tasks"]:
         assert task["mean"], task["task"]
     assert (tmp_path / "suite.json").is_file() and (tmp_path / "suite.md").is_file()
+
+
+def test_with_sampling_copies_the_adapter_with_the_task_s_settings(tokenizer):
+    from megatron_chimed.eval.model_api import with_sampling
+
+    greedy = HFEvalModel(tiny_llama(len(tokenizer)), tokenizer)
+    assert with_sampling(greedy, None, None) is greedy
+    sampled = with_sampling(TemplatedModel(greedy, "{prompt}"), 1.0, 0.85).model
+    assert (sampled.temperature, sampled.top_p) == (1.0, 0.85)
+    assert (greedy.temperature, greedy.top_p) == (0.0, 1.0)  # the original stays greedy
+    prompts = ["患者 发热 头痛", "答案："]
+    assert sampled.generate(prompts, 6, seed=3) == sampled.generate(prompts, 6, seed=3)
+    assert sampled.generate(prompts, 6, seed=3) != sampled.generate(prompts, 6, seed=4)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 import threading
 from pathlib import Path
 
@@ -170,3 +172,32 @@ def test_a_misspelt_task_key_fails_before_any_prompt_naming_it(tmp_path):
     with pytest.raises(ConfigError, match="'eval.tasks.ccks2019.shot': Key 'shot' not in 'NER"):
         run_eval(cfg, model, tmp_path)
     assert model.prompts_seen == 0 and not list(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(not SAMPLES.is_dir(), reason="bundled sample data not present")
+def test_progress_per_task_and_questions_done(tmp_path, caplog, monkeypatch):
+    from megatron_chimed.eval import progress
+
+    cfg = sample_suite(tmp_path)
+    cfg.tasks = {"ceval": cfg.tasks.ceval, "mica": cfg.tasks.mica}
+    whole = run_eval(cfg, KeywordModel(), tmp_path / "whole")
+    # Chunks of 2 prompts, a count after every one: the same results, and the counts said.
+    monkeypatch.setattr(progress, "PROGRESS_CHUNK", 2)
+    monkeypatch.setattr(progress, "PROGRESS_EVERY_S", 0.0)
+    model = KeywordModel()
+    # Only this run's lines: an earlier test may have left the logger at INFO for `whole`.
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="megatron_chimed.eval"):
+        chunked = run_eval(cfg, model, tmp_path / "chunked")
+    assert [t["mean"] for t in chunked["tasks"]] == [t["mean"] for t in whole["tasks"]]
+    lines = [r.getMessage() for r in caplog.records if r.name == "megatron_chimed.eval"]
+    assert lines[0] == "task 1/2 ceval ..."
+    done = [line for line in lines if " done in " in line]
+    assert len(done) == 2 and done[1].startswith("task 2/2 mica done in ")
+    mean = chunked["tasks"][0]["mean"]  # the aggregates; not one score per subject
+    headline = f"acc_micro={mean['acc_micro']:.2f}, acc_macro={mean['acc_macro']:.2f}"
+    assert re.fullmatch(rf"task 1/2 ceval done in \d+s, {headline}", done[0])
+    # mica: 6 questions per seed, two seeds.
+    assert [line for line in lines if line.startswith("  mica:")] == [
+        "  mica: 2/6 questions done", "  mica: 4/6 questions done", "  mica: 6/6 questions done"
+    ] * 2

@@ -35,9 +35,20 @@ PROMPTS = [
     "<human>:咳嗽\n<bot>:",
 ]
 GREEDY = GenerationConfig(max_new_tokens=24, batch_size=3)
+STATIC = dataclasses.replace(GREEDY, engine="static")
 SAMPLED = GenerationConfig(
     max_new_tokens=16, temperature=0.9, top_k=50, top_p=0.95, seed=7, num_samples=2, batch_size=4
 )
+
+
+def sampled_subset(
+    model: torch.nn.Module, sample_rows: list[list[int]], tokenizer: ZiyaTokenizer, stops: list[int]
+) -> list[list[int]]:
+    """Rows 2.. of the sampled rows through the static engine in batches of 1, preceded by
+    two one-token rows: every row has new neighbours but its old index."""
+    rows = [[tokenizer.bos], [tokenizer.bos], *sample_rows[2:]]
+    cfg = dataclasses.replace(SAMPLED, engine="static", batch_size=1)
+    return generate_ids(model, rows, cfg, tokenizer.vocab_size, stops)[2:]
 
 
 def save_checkpoint(model: torch.nn.Module, root: str, hf_dir: str) -> None:
@@ -76,8 +87,10 @@ def checks(tp: int, hf_dir: str, ckpt: str) -> dict:
     def ids(cfg: GenerationConfig) -> list[list[int]]:
         return generate_ids(model, rows, cfg, tokenizer.vocab_size, stops)
 
+    # The default engine is the dynamic one; the static one is the reference it must equal.
     result["greedy"] = ids(GREEDY)
-    result["greedy_recompute"] = ids(dataclasses.replace(GREEDY, use_kv_cache=False))
+    result["greedy_static"] = ids(STATIC)
+    result["greedy_recompute"] = ids(dataclasses.replace(STATIC, use_kv_cache=False))
     result["greedy_one_by_one"] = [
         generate_ids(model, [row], GREEDY, tokenizer.vocab_size, stops)[0] for row in rows
     ]
@@ -89,8 +102,19 @@ def checks(tp: int, hf_dir: str, ckpt: str) -> dict:
 
     result["sampled"] = sampled(SAMPLED)
     result["sampled_again"] = sampled(SAMPLED)
+    result["sampled_static"] = sampled(dataclasses.replace(SAMPLED, engine="static"))
     result["sampled_seed8"] = sampled(dataclasses.replace(SAMPLED, seed=8))
     result["sampled_text"] = generate(model, tokenizer, PROMPTS, SAMPLED)
+    # Rows 2..5 alone (another batch, other neighbours): row i keeps key (seed, i) only
+    # through its index, so they are shifted to their old places with two leading rows.
+    result["sampled_subset"] = sampled_subset(model, sample_rows, tokenizer, stops)
+    limits = [3, 24, 7]
+    result["greedy_limits"] = generate_ids(
+        model, rows, GREEDY, tokenizer.vocab_size, stops, limits=limits
+    )
+    result["greedy_limits_static"] = generate_ids(
+        model, rows, STATIC, tokenizer.vocab_size, stops, limits=limits
+    )
 
     texts = [p for p in PROMPTS if isinstance(p, str)]
     eval_model = MegatronEvalModel(model, tokenizer)

@@ -1,4 +1,5 @@
-"""The decode loop and sampling on a scripted model (one process, no torchrun)."""
+"""The static engine's decode loop and sampling on a scripted model (one process, no torchrun).
+The dynamic engine needs a real megatron model: test_dynamic.py, test_generation_tp.py."""
 
 from __future__ import annotations
 
@@ -10,7 +11,13 @@ import torch
 
 from megatron_chimed.generation import GenerationConfig, generate, generate_ids
 from megatron_chimed.generation.api import cut_at_stop_strings
-from megatron_chimed.generation.sampling import filter_top_k_top_p, next_tokens
+from megatron_chimed.generation.sampling import (
+    filter_top_k_top_p,
+    keyed_uniform,
+    mix32,
+    next_tokens,
+    row_keys,
+)
 
 VOCAB, PADDED, EOS, HUMAN = 2000, 2048, 2, 1998
 
@@ -42,8 +49,11 @@ def megatron_world():
     destroy()
 
 
+STATIC = GenerationConfig(max_new_tokens=5, engine="static")
+
+
 def run(prompts: list[list[int]], **overrides) -> list[list[int]]:
-    cfg = dataclasses.replace(GenerationConfig(max_new_tokens=5), **overrides)
+    cfg = dataclasses.replace(STATIC, **overrides)
     return generate_ids(CountingModel(), prompts, cfg, VOCAB, [EOS, HUMAN])
 
 
@@ -69,7 +79,7 @@ def test_mixed_prompt_lengths_each_continue_their_own_prompt() -> None:
 
 def test_kv_cache_feeds_one_token_per_step_after_the_prefill() -> None:
     model = CountingModel()
-    cfg = GenerationConfig(max_new_tokens=3)
+    cfg = GenerationConfig(max_new_tokens=3, engine="static")
     assert generate_ids(model, [[1, 5, 6], [1, 9]], cfg, VOCAB, [EOS]) == [[7, 8, 9], [10, 11, 12]]
     # prefill to the shorter prompt, one teacher-forced step, then decode until both have 3
     assert model.calls == [(2, True), (1, True), (1, True), (1, True)]
@@ -89,7 +99,7 @@ def test_generate_returns_num_samples_texts_per_prompt(tiny_ziya: Path) -> None:
 
     tokenizer = ZiyaTokenizer(tiny_ziya)
     prompts = [[{"role": "user", "content": "头痛怎么办？"}], "<human>:咳嗽\n<bot>:"]
-    cfg = GenerationConfig(max_new_tokens=4, num_samples=3)
+    cfg = GenerationConfig(max_new_tokens=4, num_samples=3, engine="static")
     answers = generate(CountingModel(), tokenizer, prompts, cfg)
     assert [len(a) for a in answers] == [3, 3]
     # the ziya prompt ends with `:` after `<bot>`; the model counts up from it
@@ -115,17 +125,63 @@ def test_top_k_and_top_p_keep_the_expected_tokens() -> None:
     assert kept(0, 0.95) == [True, True, True, True]
 
 
-def test_sampling_follows_the_seed() -> None:
+def test_sampling_follows_the_seed_row_and_position() -> None:
     logits = torch.zeros(4, 100)
     cfg = GenerationConfig(temperature=1.0)
-    draw = lambda seed: next_tokens(logits, cfg, torch.Generator().manual_seed(seed)).tolist()
+    rows = torch.arange(4)
+
+    def draw(seed: int, at: int = 5, keys: torch.Tensor = rows) -> list[int]:
+        return next_tokens(logits, cfg, row_keys(seed, keys), torch.full((4,), at)).tolist()
+
     assert draw(1) == draw(1)
     assert draw(1) != draw(2)
+    assert draw(1) != draw(1, at=6)
+    assert draw(1, keys=rows.flip(0)) == draw(1)[::-1]  # a row's token follows the row
+    assert draw(2**40 + 1) != draw(1)  # every bit of a large seed counts
+
+
+def test_keyed_sampling_draws_from_the_softmax() -> None:
+    """Gumbel-max over keyed noise: token frequencies match softmax(logits / T) and the
+    top-k / top-p filters (tokens outside them are never drawn)."""
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    rows = 20000
+    logits = probs.log().expand(rows, 4).clone()
+    keys = row_keys(3, torch.arange(rows))
+    at = torch.zeros(rows, dtype=torch.long)
+    counts = torch.bincount(
+        next_tokens(logits, GenerationConfig(temperature=1.0), keys, at), minlength=4
+    )
+    assert (counts / rows).tolist() == pytest.approx(probs.tolist(), abs=0.015)
+    top2 = GenerationConfig(temperature=1.0, top_k=2)
+    counts = torch.bincount(next_tokens(logits, top2, keys, at), minlength=4) / rows
+    assert counts.tolist() == pytest.approx([0.625, 0.375, 0, 0], abs=0.015)
+    cold = GenerationConfig(temperature=0.25)  # p^4, renormalised: the top token dominates
+    counts = torch.bincount(next_tokens(logits, cold, keys, at), minlength=4) / rows
+    assert counts[0] > 0.85
+
+
+def test_keyed_noise_is_uniform_and_the_hash_stays_in_32_bits() -> None:
+    u = keyed_uniform(row_keys(0, torch.arange(10)), torch.arange(10), 2000).flatten()
+    assert 0 < float(u.min()) and float(u.max()) < 1
+    assert torch.histc(u, bins=10, min=0, max=1).div(u.numel()).tolist() == pytest.approx(
+        [0.1] * 10, abs=0.01
+    )
+    x = torch.tensor([0, 1, 2**32 - 1, 123456789])
+    assert int(mix32(x).max()) < 2**32 and len(set(mix32(x).tolist())) == 4
 
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("max_new_tokens", 0), ("temperature", -1.0), ("top_p", 0.0), ("num_samples", 0)],
+    [
+        ("max_new_tokens", 0),
+        ("temperature", -1.0),
+        ("top_p", 0.0),
+        ("num_samples", 0),
+        ("engine", "paged"),
+        ("kv_cache_gb", 0.0),
+        ("kv_memory_fraction", 1.0),
+        ("max_requests", 0),
+    ],
 )
 def test_bad_settings_name_the_field(field: str, value: float) -> None:
     cfg = dataclasses.replace(GenerationConfig(), **{field: value})

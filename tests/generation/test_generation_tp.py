@@ -37,7 +37,22 @@ def results(tiny_ziya_fp32: Path, tmp_path_factory: pytest.TempPathFactory) -> d
 def test_kv_cache_decoding_equals_full_recompute(results: dict, tp: str) -> None:
     r = results[tp]
     assert all(len(answer) > 0 for answer in r["greedy"])
-    assert r["greedy"] == r["greedy_recompute"]
+    assert r["greedy_static"] == r["greedy_recompute"]
+
+
+@pytest.mark.parametrize("tp", ["tp1", "tp2"])
+def test_dynamic_engine_equals_static_engine_greedy_and_sampled(results: dict, tp: str) -> None:
+    r = results[tp]
+    assert r["greedy"] == r["greedy_static"]
+    assert r["sampled"] == r["sampled_static"]
+    assert r["greedy_limits"] == r["greedy_limits_static"]
+    # each row stops at its own limit (or earlier, at a stop token)
+    assert r["greedy_limits"] == [a[:n] for a, n in zip(r["greedy"], [3, 24, 7])]
+
+
+@pytest.mark.parametrize("tp", ["tp1", "tp2"])
+def test_a_sampled_answer_depends_on_its_row_not_its_batch(results: dict, tp: str) -> None:
+    assert results[tp]["sampled_subset"] == results[tp]["sampled"][2:]
 
 
 @pytest.mark.parametrize("tp", ["tp1", "tp2"])

@@ -103,6 +103,11 @@ def test_dry_run_reward_generation_and_slice_figures(dry_run) -> None:
     assert generation["fp32_identical"] is True and generation["fp32_tokens"] > 0
     assert generation["tokens_per_s_batch8"] > 0 and generation["tokens_per_s_batch64"] > 0
 
+    dynamic = checks["dynamic_generation"]["figures"]  # on the CPU: fp32, no CUDA graphs
+    assert dynamic["rows_identical"] == 1.0 and dynamic["tokens"] > 0
+    assert dynamic["cuda_graphs"] is False and dynamic["max_requests"] >= 8
+    assert dynamic["static_tokens_per_s"] > 0 and dynamic["dynamic_tokens_per_s"] > 0
+
     bench = checks["slice"]["figures"]
     assert bench["shape"]["hidden"] == 64  # the tiny shape of the dry run
     assert bench["ms_per_layer_fwd_bwd"] > 0 and bench["ms_per_layer_average"] > 0
@@ -197,6 +202,7 @@ def test_real_check_on_the_gpu(tmp_path: Path) -> None:
     checks = by_name(report)
     assert checks["environment"]["figures"]["gpu"]
     assert checks["generation"]["figures"]["fp32_identical"] is True
+    assert checks["dynamic_generation"]["figures"]["cuda_graphs"] is True
     assert checks["slice"]["figures"]["baseline"]["tflops_per_gpu"] > 0
     assert checks["reward"]["figures"]["head_device"].startswith("cuda")
     assert report["seconds"] < 600

@@ -84,3 +84,54 @@ def test_the_final_policy_is_the_last_rounds_fine_tune(tmp_path: Path) -> None:
     for r in (0, 1, 10):  # numeric order, not text order
         (tmp_path / "rs" / f"round_{r}" / "train").mkdir(parents=True)
     assert files.final_policy(tmp_path) == tmp_path / "rs" / "round_10" / "train" / "checkpoints"
+
+
+SPREAD = [
+    {"id": 0, "prompt": "a", "answers": ["a0", "a1", "a2"], "scores": [3.0, 2.5, 2.0]},
+    {"id": 1, "prompt": "b", "answers": ["b0", "b1", "b2"], "scores": [-1.0, 0.0, -2.0]},
+    {"id": 2, "prompt": "c", "answers": ["c0", " ", "c2"], "scores": [1.0, 9.0, 2.0]},
+]
+
+
+def test_global_top_m_keeps_the_best_answers_of_the_round_wherever_their_prompts() -> None:
+    kept = kept_records(SPREAD, k=1, threshold=None, selection="global_top_m", m=4)
+    # prompt a gives three, b none; the blank c1 (score 9) is never kept
+    assert [(r["prompt_id"], r["answer_index"]) for r in kept] == [(0, 0), (0, 1), (0, 2), (2, 2)]
+    top_1 = kept_records(SPREAD, k=1, threshold=None)
+    assert [(r["prompt_id"], r["answer_index"]) for r in top_1] == [(0, 0), (1, 1), (2, 2)]
+    above = kept_records(SPREAD, k=1, threshold=2.0, selection="global_top_m", m=10)
+    assert [r["score"] for r in above] == [3.0, 2.5]
+
+
+def test_global_ties_go_to_the_lower_prompt_then_answer() -> None:
+    rows = [
+        {"id": 5, "prompt": "x", "answers": ["x0", "x1"], "scores": [1.0, 1.0]},
+        {"id": 2, "prompt": "y", "answers": ["y0", "y1"], "scores": [1.0, 0.0]},
+    ]
+    kept = kept_records(rows, k=1, threshold=None, selection="global_top_m", m=2)
+    assert [(r["prompt_id"], r["answer_index"]) for r in kept] == [(2, 0), (5, 0)]
+
+
+def test_the_report_compares_every_rule_on_the_same_scores() -> None:
+    from megatron_chimed.rejection_sampling.selection import rule_stats
+
+    rules = rule_stats(SPREAD, k=1, m=None, threshold=1.5)
+    assert rules["top_k"] == {"k": 1, "kept": 2, "prompts_with_kept": 2, "mean_reward": 2.5}
+    # at top_k's count (2), globally: a0 and a1
+    assert rules["global_top_m"] == {
+        "m": 2, "kept": 2, "prompts_with_kept": 1, "mean_reward": pytest.approx(2.75)
+    }  # fmt: skip
+    assert rules["threshold"] == {
+        "threshold": 1.5, "kept": 4, "prompts_with_kept": 2, "mean_reward": pytest.approx(2.375)
+    }  # fmt: skip
+    assert "threshold" not in rule_stats(SPREAD, k=1, m=3, threshold=None)
+
+
+def test_rs_selection_settings_are_checked_with_clear_errors() -> None:
+    with pytest.raises(ValueError, match="rs.selection='best'"):
+        RSConfig(reward_checkpoint="rm", selection="best").validate()
+    with pytest.raises(ValueError, match="rs.top_m=None: rs.selection=global_top_m keeps"):
+        RSConfig(reward_checkpoint="rm", selection="global_top_m").validate()
+    with pytest.raises(ValueError, match="rs.score_batch_tokens=0"):
+        RSConfig(reward_checkpoint="rm", score_batch_tokens=0).validate()
+    RSConfig(reward_checkpoint="rm", selection="global_top_m", top_m=100).validate()

@@ -494,7 +494,7 @@ def test_readme_lists_every_file() -> None:
         for p in SAMPLE.rglob("*")
         if p.is_file() and p.name != "README.md"
     )
-    assert len(files) == 36
+    assert len(files) == 37
     missing = [f for f in files if f"`{f}`" not in readme]
     assert not missing
     assert "written for this project" in readme

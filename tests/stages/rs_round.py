@@ -80,7 +80,9 @@ def train_reward(args, tmp: Path, policy: Path) -> Path:
 def rs(args, tmp: Path, run_dir: Path, policy: Path, reward: Path, *extra: str) -> str:
     cfg = config.load(["stage=rs", "data=sft_sample", *common(
         run_dir, args.tokenizer, f"checkpoint.load={policy}", f"rs.reward_checkpoint={reward}",
-        "rs.num_prompts=8", "rs.num_samples=4", "rs.top_k=1", "rs.shard_prompts=4",
+        # 8 answers per prompt: with GOOD and BAD about equally likely, a prompt has no GOOD
+        # answer to keep with odds 1/256 (1/16 with 4: a round in three would keep a BAD one)
+        "rs.num_prompts=8", "rs.num_samples=8", "rs.top_k=1", "rs.shard_prompts=4",
         "rs.generation.max_new_tokens=12", "rs.generation.temperature=1.0",
         "rs.generation.top_p=1.0", "training.train_iters=30", "optim.lr=2e-3",
         "optim.warmup_iters=2", *extra,

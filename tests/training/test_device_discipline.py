@@ -57,6 +57,32 @@ def test_preemption_flag_goes_over_the_host_group() -> None:
             signal.signal(sig, handler)
 
 
+def test_preemption_poll_runs_in_the_background_over_the_host_group() -> None:
+    """The loop's check: the first poll blocks (a start-up signal stops after step 1), each
+    later one returns what the previous one started, so a signal is seen one poll later."""
+    from megatron_chimed.training.preemption import SIGNALS, PreemptionFlag
+
+    saved = {sig: signal.getsignal(sig) for sig in SIGNALS}
+    try:
+        with checked_collectives("meta") as calls:
+            flag = PreemptionFlag()
+            assert flag.poll() is False  # blocking, then one started in the background
+            assert flag._pending is not None
+            flag._on_signal(signal.SIGUSR1, None)  # during the next step
+            assert flag.poll() is False  # the all-reduce started before the signal
+            assert flag.poll() is True  # ... and the one started after it
+            assert flag._pending is None  # stopping: nothing left in flight
+            flag.drain()
+        assert calls == ["all_reduce@cpu"] * 3
+        started = PreemptionFlag()
+        started._on_signal(signal.SIGTERM, None)  # a signal before the first step
+        assert started.poll() is True
+        started.drain()
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
 def test_guard_rejects_a_host_tensor_on_a_device_group() -> None:
     import torch.distributed as dist
 

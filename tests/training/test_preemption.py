@@ -74,8 +74,9 @@ def test_signal_to_every_process_spares_the_checkpoint_writer(run: dict) -> None
     # The Manager and the tracker existed before the signals and are the same processes after.
     assert set(run["before"]) == {"manager", "tracker"}
     assert run["after_signals"] == run["before"]
-    # Saved at iteration 1, signalled during iteration 2: the preemption save worked.
-    assert (run["status"], run["iteration"], run["latest"]) == ("preempted", 2, "iter_0000002")
+    # Saved at iteration 1, signalled during iteration 2, stopped after iteration 3 (the flag's
+    # all-reduce runs in the background: one step later): the preemption save worked.
+    assert (run["status"], run["iteration"], run["latest"]) == ("preempted", 3, "iter_0000003")
 
 
 @pytest.mark.slow
@@ -110,6 +111,7 @@ def test_first_sigint_requests_a_checkpoint_the_second_aborts() -> None:
         "import os, signal, time\n"
         "from megatron_chimed.training.preemption import PreemptionFlag\n"
         "flag = PreemptionFlag()\n"
+        "flag.started()\n"
         "os.kill(os.getpid(), signal.SIGINT)\n"
         "time.sleep(0.2)\n"
         "print(flag.received, flag.requested(), flush=True)\n"
@@ -123,4 +125,36 @@ def test_first_sigint_requests_a_checkpoint_the_second_aborts() -> None:
     )
     assert done.returncode == 130, done.stderr[-4000:]
     assert done.stdout == f"{int(signal.SIGINT)} True\n"
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_during_start_up_ctrl_c_ends_it_and_a_preemption_waits_for_the_first_step() -> None:
+    code = (
+        "import os, signal, time\n"
+        "from megatron_chimed.training import startup\n"
+        "from megatron_chimed.training.preemption import PreemptionFlag\n"
+        "startup.guard()\n"
+        "os.kill(os.getpid(), signal.SIGUSR1)\n"  # a preemption before the flag exists
+        "time.sleep(0.2)\n"
+        "flag = PreemptionFlag()\n"
+        "print(flag.received, flush=True)\n"
+        "try:\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"  # model build: Ctrl-C
+        "    time.sleep(5)\n"
+        "    print('not interrupted', flush=True)\n"
+        "except startup.StartupInterrupted as err:\n"
+        "    print(err, startup.interrupted(), flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"  # the second one: out at once
+        "time.sleep(5)\n"
+        "print('not aborted', flush=True)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 130, done.stderr[-4000:]
+    assert done.stdout == (
+        f"{int(signal.SIGUSR1)}\ninterrupted during start-up; nothing to save True\n"
+    )
     assert "Traceback" not in done.stderr

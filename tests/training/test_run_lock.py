@@ -134,7 +134,7 @@ def test_train_refuses_a_locked_run_dir_in_one_line(tmp_path: Path, holders: lis
         text=True,
         timeout=300,
     )  # fmt: skip
-    assert done.returncode == 1, done.stderr[-4000:]
+    assert done.returncode == 2, done.stderr[-4000:]
     refusals = [line for line in done.stderr.splitlines() if "is in use by" in line]
     assert refusals == [
         f"chimed train: {tmp_path} is in use by a job on {socket.gethostname()} "

@@ -78,6 +78,10 @@ class SFTDataConfig:
     # to `packed_sft_dataset`), so a run writes nothing outside run_dir. Set a path to share one
     # cache between runs.
     cache_dir: str | None = None
+    # Processes that encode the records on the rank that builds the cache (the output does not
+    # depend on it). Null: that rank's share of the node's cores (the cores it may run on over
+    # LOCAL_WORLD_SIZE), or one for a mix of a few MiB, where starting workers costs more.
+    workers: int | None = None
 
     def validate(self) -> None:
         if self.template not in TEMPLATES:
@@ -86,6 +90,8 @@ class SFTDataConfig:
             raise ValueError(f"data.packing={self.packing!r}: expected one of {PACKING_MODES}")
         if self.seq_length < 16:
             raise ValueError(f"data.seq_length={self.seq_length}: too short for a dialogue")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"data.workers={self.workers}: must be >= 1 (null: automatic)")
         if not self.sources:
             raise ValueError("data.sources: empty")
         names = [s.name for s in self.sources]

@@ -37,6 +37,17 @@ class EncodeStats:
         return {source: dict(sorted(c.items())) for source, c in sorted(self.counts.items())}
 
 
+def drop_reason(record: dict) -> str | None:
+    """Why a record has nothing to train on, decided from its text alone (no tokenizer), so
+    that sampling can skip it before encoding: the encoder drops it for the same reason."""
+    last = record["messages"][-1]
+    if last["role"] != ASSISTANT:
+        return NO_RESPONSE
+    if not last["content"].strip():
+        return EMPTY_RESPONSE
+    return None
+
+
 @dataclass(frozen=True)
 class Encoder:
     """Encodes records for one template, tokenizer and budget (tokens per sample, `<s>`
@@ -51,11 +62,8 @@ class Encoder:
         self, record: dict, instruction: str | None, stats: EncodeStats
     ) -> tuple[list[int], list[int]] | None:
         messages, source = record["messages"], record["source"]
-        if messages[-1]["role"] != ASSISTANT:
-            stats.add(source, NO_RESPONSE)
-            return None
-        if not messages[-1]["content"].strip():
-            stats.add(source, EMPTY_RESPONSE)
+        if (reason := drop_reason(record)) is not None:
+            stats.add(source, reason)
             return None
         for start in range(0, len(messages) - 1, 2):
             turns = self.template.encode_turns(self.tokenizer, messages[start:], instruction)
@@ -67,7 +75,7 @@ class Encoder:
         question = messages[-2]["content"]
         response = turns[-1].response
         room = self.budget - 1 - len(response)  # 1 for `<s>`
-        if room >= len(self._prompt("", instruction)):
+        if room >= self.min_prompt_length(instruction):
             event, prompt = QUESTION_CUT, self._cut_question(question, instruction, room)
         elif self.truncate_response:
             prompt = self._cut_question(question, instruction, self.budget // 2)
@@ -82,6 +90,11 @@ class Encoder:
             return None
         ids = [self.tokenizer.bos, *prompt, *response]
         return ids, [0] * (1 + len(prompt)) + [1] * len(response)
+
+    def min_prompt_length(self, instruction: str | None) -> int:
+        """The ids a prompt keeps when its question is cut away entirely: a record whose
+        response fits beside them is kept (its question cut if need be), never dropped."""
+        return len(self._prompt("", instruction))
 
     def _prompt(self, question: str, instruction: str | None) -> list[int]:
         message = [{"role": "user", "content": question}]

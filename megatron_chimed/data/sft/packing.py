@@ -22,9 +22,12 @@ attention restarts RoPE per sequence from `cu_seqlens` itself.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where a mask is made: the cache builder runs without it
+    import torch
 
 
 def first_fit(lengths: Sequence[int], capacity: int) -> list[list[int]]:
@@ -95,6 +98,8 @@ def layout_row(
 def block_causal_mask(cu_seqlens: torch.Tensor, seq_length: int) -> torch.Tensor:
     """[b, 1, s, s] boolean attention mask, True = masked out (megatron's convention), from
     `cu_seqlens` rows [b, n] padded with -1: causal inside each segment, nothing across."""
+    import torch
+
     masks = []
     positions = torch.arange(seq_length, device=cu_seqlens.device)
     for row in cu_seqlens:
@@ -109,6 +114,7 @@ def block_causal_mask(cu_seqlens: torch.Tensor, seq_length: int) -> torch.Tensor
 def packed_seq_params(cu_seqlens: torch.Tensor, seq_length: int):  # -> PackedSeqParams
     """THD `PackedSeqParams` for a [b, n] batch of `cu_seqlens` (padded with -1): the rows are
     laid end to end, as the batch is flattened to one THD sequence of b * s tokens."""
+    import torch
     from megatron.core.packed_seq_params import PackedSeqParams
 
     rows = [row[row >= 0] + i * seq_length for i, row in enumerate(cu_seqlens)]
