@@ -20,6 +20,9 @@ setup(
         "numpy",
         "hydra-core",
         "psutil",  # megatron's checkpoint writer dies silently without it
+        # 4.3's fork-safety audit hook (torch's dependency) segfaults a rank when the garbage
+        # collector runs inside it while megatron's save unpickles the ranks' common states.
+        "filelock<4.3",
         "tqdm",
         "tensorboard",
         "matplotlib",

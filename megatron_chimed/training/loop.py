@@ -218,56 +218,60 @@ def train(cfg: RunConfig, stage: Stage, tokenizer_dir: str | Path | None = None)
     if first_step_hooks_off:
         ddp.disable_forward_pre_hook(param_sync=False)
     preemption.started()  # from here a Ctrl-C checkpoints at the next step
-    while iteration < t.train_iters:
-        ddp.zero_grad_buffer()
-        optimizer.zero_grad()
-        reports = _global_batch(ddp, stage, data, t, num_micro, forward_only=False)
-        updated, grad_norm, _ = optimizer.step()
-        if first_step_hooks_off:  # the next forward gathers what this step updated
-            ddp.enable_forward_pre_hook()
-            first_step_hooks_off = False
-        if updated:
-            scheduler.step(increment=1)
-        iteration += 1
-        consumed += t.global_batch_size
-        window.extend(reports)
-        grad_norms.append(grad_norm or 0.0)
+    # On any exit (a failed save, a data error) the background all-reduce of the preemption
+    # flag is waited for: a collective left in flight on the host group breaks the next one.
+    try:
+        while iteration < t.train_iters:
+            ddp.zero_grad_buffer()
+            optimizer.zero_grad()
+            reports = _global_batch(ddp, stage, data, t, num_micro, forward_only=False)
+            updated, grad_norm, _ = optimizer.step()
+            if first_step_hooks_off:  # the next forward gathers what this step updated
+                ddp.enable_forward_pre_hook()
+                first_step_hooks_off = False
+            if updated:
+                scheduler.step(increment=1)
+            iteration += 1
+            consumed += t.global_batch_size
+            window.extend(reports)
+            grad_norms.append(grad_norm or 0.0)
 
-        if iteration % t.log_interval == 0 or iteration == t.train_iters:
-            now = time.perf_counter()
-            elapsed = now - window_start - paused
-            steps = len(grad_norms)
-            metrics.log(
-                "train",
-                iteration,
-                {
-                    **_averages(_reduce_reports(window)),
-                    "lr": scheduler.get_lr(optimizer.param_groups[0]),
-                    "grad_norm": sum(grad_norms) / steps,
-                    "tokens_per_s": steps * t.global_batch_size * t.seq_length / elapsed,
-                    "consumed_samples": consumed,
-                    "step_s": elapsed / steps,
-                },
-            )
-            # From `now`: this log line's own cost is loop overhead, counted in the next window.
-            window, grad_norms, window_start, paused = [], [], now, 0.0
-        if valid_ds is not None and t.eval_interval and iteration % t.eval_interval == 0:
-            start = time.perf_counter()
-            with params_gathered(ddp):
-                metrics.log("valid", iteration, _evaluate(ddp, stage, valid_ds, t, num_micro))
-            paused += time.perf_counter() - start
+            if iteration % t.log_interval == 0 or iteration == t.train_iters:
+                now = time.perf_counter()
+                elapsed = now - window_start - paused
+                steps = len(grad_norms)
+                metrics.log(
+                    "train",
+                    iteration,
+                    {
+                        **_averages(_reduce_reports(window)),
+                        "lr": scheduler.get_lr(optimizer.param_groups[0]),
+                        "grad_norm": sum(grad_norms) / steps,
+                        "tokens_per_s": steps * t.global_batch_size * t.seq_length / elapsed,
+                        "consumed_samples": consumed,
+                        "step_s": elapsed / steps,
+                    },
+                )
+                # From `now`: this log line's own cost is loop overhead, counted in the next window.
+                window, grad_norms, window_start, paused = [], [], now, 0.0
+            if valid_ds is not None and t.eval_interval and iteration % t.eval_interval == 0:
+                start = time.perf_counter()
+                with params_gathered(ddp):
+                    metrics.log("valid", iteration, _evaluate(ddp, stage, valid_ds, t, num_micro))
+                paused += time.perf_counter() - start
 
-        stop = preemption.poll()
-        if stop or iteration == t.exit_after:
-            status = "preempted" if stop else "exit"
-            save()
-            break
-        every = cfg.checkpoint.save_interval  # 0: only at the end
-        if (every and iteration % every == 0) or iteration == t.train_iters:
-            start = time.perf_counter()
-            save()
-            paused += time.perf_counter() - start
-    preemption.drain()
+            stop = preemption.poll()
+            if stop or iteration == t.exit_after:
+                status = "preempted" if stop else "exit"
+                save()
+                break
+            every = cfg.checkpoint.save_interval  # 0: only at the end
+            if (every and iteration % every == 0) or iteration == t.train_iters:
+                start = time.perf_counter()
+                save()
+                paused += time.perf_counter() - start
+    finally:
+        preemption.drain()
     metrics.close()
     if status == "done":
         stage.after_training(model)

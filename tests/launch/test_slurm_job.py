@@ -187,9 +187,10 @@ def test_two_node_cpt_job(cluster: SlurmCluster, full_run: tuple[str, Path]) -> 
     # traceback, every line prefixed "E...": node 0's agent, the store host, left first.)
     node0 = (logs / f"chimed-{job}-node0.log").read_text()
     assert f"train iter {ITERS} |" in node0 and f"done at iteration {ITERS}" in node0
+    # Node 1 holds no rank 0: its console (this log) may be empty, as only rank 0 prints.
     for node in (0, 1):
         lines = (logs / f"chimed-{job}-node{node}.log").read_text().splitlines()
-        assert lines and not any(line.startswith("Traceback") for line in lines)
+        assert not any(line.startswith("Traceback") for line in lines)
         assert not any("ChildFailedError" in line for line in lines)
 
     metrics = _train_metrics(run_dir)
@@ -210,7 +211,7 @@ def test_two_node_cpt_job(cluster: SlurmCluster, full_run: tuple[str, Path]) -> 
 
 def _no_failure(log: Path) -> None:
     lines = log.read_text().splitlines()
-    assert lines and not any(line.startswith("Traceback") for line in lines), log
+    assert not any(line.startswith("Traceback") for line in lines), log
     assert not any("ChildFailedError" in line or "BrokenPipe" in line for line in lines), log
 
 
