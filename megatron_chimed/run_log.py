@@ -25,7 +25,7 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 LOG_FILE_ENV = "CHIMED_LOG_FILE"
@@ -202,3 +202,18 @@ def echo(message: str, err: bool = False) -> None:
     print(message, file=sys.stderr if err else sys.stdout, flush=True)
     logging.getLogger("megatron_chimed.output").info(message, extra={FILE_ONLY: True})
 
+
+
+def run_tool(log: str | os.PathLike, body: Callable[[], object]) -> int:
+    """A one-process tool's main (the converters): `body()` with its log at `log`, its result
+    echoed; a bad input (ValueError / FileNotFoundError, which name the file and the key) is one
+    line, exit status 2 (CHIMED_DEBUG=1: the traceback)."""
+    with command_log(log):
+        try:
+            echo(str(body()))
+        except (ValueError, FileNotFoundError) as err:
+            if os.environ.get("CHIMED_DEBUG"):
+                raise
+            echo(f"error: {err}", err=True)
+            return 2
+    return 0

@@ -11,7 +11,6 @@ Its log is OUT.convert.log; a bad input is one line naming the file, exit status
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import torch
@@ -35,27 +34,22 @@ def main() -> int:
     ap.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args()
-    # The log beside the output (which is written whole, then renamed into place).
-    with run_log.command_log(run_log.log_path_for(args.out, ".convert.log")):
+
+    def convert() -> object:
         # Imported once the console is set: importing megatron-core raises its warnings.
         from megatron_chimed.convert import hf_to_megatron
 
-        try:
-            out = hf_to_megatron(
-                args.hf,
-                args.out,
-                dtype=DTYPES[args.dtype],
-                target_tp=args.target_tp,
-                overwrite=args.overwrite,
-                progress=not args.no_progress,
-            )
-            run_log.echo(str(out))
-        except (ValueError, FileNotFoundError) as err:  # they name the file and the key
-            if os.environ.get("CHIMED_DEBUG"):
-                raise
-            run_log.echo(f"error: {err}", err=True)
-            return 2
-    return 0
+        return hf_to_megatron(
+            args.hf,
+            args.out,
+            dtype=DTYPES[args.dtype],
+            target_tp=args.target_tp,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+        )
+
+    # The log beside the output (which is written whole, then renamed into place).
+    return run_log.run_tool(run_log.log_path_for(args.out, ".convert.log"), convert)
 
 
 if __name__ == "__main__":
