@@ -21,7 +21,7 @@ demo: venv
 
 test: venv
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 # The quick loop while editing: no torchrun launches, no Slurm, nothing slow (< 3 min here).
 test-fast: venv

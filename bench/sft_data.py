@@ -106,8 +106,10 @@ def time_builds(cfg, tok, folder: Path, workers: int, rounds: int) -> dict:
             wall[count].append(time.perf_counter() - start)
             main_cpu, child_cpu = time.process_time() - main_cpu, children() - child_cpu
             busiest[count].append(max(main_cpu, child_cpu / count))
-            print(f"build {count:>2} worker(s)  {wall[count][-1]:6.1f} s wall; CPU "
-                  f"{main_cpu:5.1f} s reading process, {child_cpu:5.1f} s workers")
+            print(
+                f"build {count:>2} worker(s)  {wall[count][-1]:6.1f} s wall; CPU "
+                f"{main_cpu:5.1f} s reading process, {child_cpu:5.1f} s workers"
+            )
     same = all(
         cache.array_path(folder / "cache0_1" / "sft", n).read_bytes()
         == cache.array_path(folder / f"cache0_{workers}" / "sft", n).read_bytes()
@@ -192,24 +194,36 @@ def main() -> None:
         drawn = stamp["stats"]["alpaca"]
         encoded = sum(v for k, v in drawn.items() if k != "samples" and not k.startswith("drop"))
         cache_mib = sum(stamp["bytes"].values()) / 2**20
-        print(f"build median     1 worker {one:.1f} s, {args.workers} workers {many:.1f} s wall: "
-              f"x{builds['wall']:.2f}; bytes identical: {builds['same']}")
-        print(f"build CPU bound  x{builds['cpu']:.2f}: busiest process's CPU s, one vs "
-              f"{args.workers} workers (the speed-up with {args.workers + 1} idle cores)")
+        print(
+            f"build median     1 worker {one:.1f} s, {args.workers} workers {many:.1f} s wall: "
+            f"x{builds['wall']:.2f}; bytes identical: {builds['same']}"
+        )
+        print(
+            f"build CPU bound  x{builds['cpu']:.2f}: busiest process's CPU s, one vs "
+            f"{args.workers} workers (the speed-up with {args.workers + 1} idle cores)"
+        )
         print(f"alpaca encoded   {encoded:,} records of {qa_count:,} read (drawn before encoding)")
-        print(f"cache            {stamp['samples']:,} samples, {stamp['rows']:,} rows, "
-              f"{stamp['tokens']:,} tokens, {cache_mib:.1f} MiB")
+        print(
+            f"cache            {stamp['samples']:,} samples, {stamp['rows']:,} rows, "
+            f"{stamp['tokens']:,} tokens, {cache_mib:.1f} MiB"
+        )
 
         worst = {}
         for mode in ("copy", "mmap"):
             for i, r in enumerate(memory(tmp / "cache0_1" / "sft", mode)):
-                print(f"memory {mode:<4} p{i}   RSS {r['rss']:6.1f} MiB, PSS {r['pss']:6.1f} MiB, "
-                      f"shared {r['shared']:6.1f} MiB, private growth {r['private']:6.1f} MiB")
+                print(
+                    f"memory {mode:<4} p{i}   RSS {r['rss']:6.1f} MiB, PSS {r['pss']:6.1f} MiB, "
+                    f"shared {r['shared']:6.1f} MiB, private growth {r['private']:6.1f} MiB"
+                )
                 worst[mode] = max(worst.get(mode, 0.0), r["private"])
-        print(f"private per rank {worst['copy']:.1f} MiB read into memory (the old .npz load) vs "
-              f"{worst['mmap']:.1f} MiB memory-mapped; cache {cache_mib:.1f} MiB")
-        print(f"RESULT sft_cache_private_rss_mib={worst['mmap']:.1f} "
-              f"goal=<{GOAL_FRACTION * cache_mib:.1f}")
+        print(
+            f"private per rank {worst['copy']:.1f} MiB read into memory (the old .npz load) vs "
+            f"{worst['mmap']:.1f} MiB memory-mapped; cache {cache_mib:.1f} MiB"
+        )
+        print(
+            f"RESULT sft_cache_private_rss_mib={worst['mmap']:.1f} "
+            f"goal=<{GOAL_FRACTION * cache_mib:.1f}"
+        )
 
 
 if __name__ == "__main__":

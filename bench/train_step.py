@@ -189,5 +189,6 @@ def main() -> None:
     )
     print(f"RESULT train_step_ratio={paired:.3f} goal=1.05")
 
+
 if __name__ == "__main__":
     main()

@@ -203,7 +203,6 @@ def echo(message: str, err: bool = False) -> None:
     logging.getLogger("megatron_chimed.output").info(message, extra={FILE_ONLY: True})
 
 
-
 def run_tool(log: str | os.PathLike, body: Callable[[], object]) -> int:
     """A one-process tool's main (the converters): `body()` with its log at `log`, its result
     echoed; a bad input (ValueError / FileNotFoundError, which name the file and the key) is one

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from megatron_chimed.config.stages import GenerationConfig
-from megatron_chimed.generation.sampling import mask_padded_vocab, next_tokens, row_keys
+from megatron_chimed.generation.sampling import next_tokens, row_keys, true_vocab
 from megatron_chimed.model import unwrap
 
 
@@ -59,7 +59,7 @@ def _last_logits(
     vocab_size: int,
     table: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """fp32 logits of the last position over the full (gathered) vocabulary, padded ids -inf.
+    """fp32 logits of the last position over the tokenizer's (gathered) vocabulary.
     With `table` (see `whole_embedding`) the tokens are embedded here, without a collective."""
     extra = {}
     if table is not None:  # megatron's decoder runs sequence-first: [seq, batch, hidden]
@@ -69,7 +69,7 @@ def _last_logits(
     )
     if context is not None:
         context.increment_sequence_len_offset(tokens.size(1))
-    return mask_padded_vocab(logits[:, -1, :].float(), vocab_size)
+    return true_vocab(logits[:, -1, :], vocab_size)
 
 
 def _agree_across_tp(tokens: torch.Tensor, greedy: bool) -> torch.Tensor:

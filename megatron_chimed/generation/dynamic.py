@@ -28,7 +28,7 @@ from tqdm import tqdm
 from megatron_chimed.config.stages import GenerationConfig
 from megatron_chimed.generation.decode import check_limits
 from megatron_chimed.generation.kv_budget import EngineShape, engine_shape, release_memory
-from megatron_chimed.generation.sampling import mask_padded_vocab, next_tokens, row_keys
+from megatron_chimed.generation.sampling import next_tokens, row_keys, true_vocab
 from megatron_chimed.model import unwrap
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def _controller_class():
         """megatron's controller with sampling.py's keyed sampler in place of its own."""
 
         call: _Call | None = None
-        true_vocab: int = 0
+        tokenizer_vocab: int = 0  # the padded columns past it are never sampled
 
         def _dynamic_step_sample_logits(self) -> None:
             context = self.inference_wrapped_model.inference_context
@@ -79,9 +79,7 @@ def _controller_class():
                 return super()._dynamic_step_sample_logits()
             device = self._sampled_tokens_cuda.device
             # Rows are the active requests in context order (only last-token logits exist).
-            logits = mask_padded_vocab(
-                self._all_logits_cuda.squeeze(0)[:count].float(), self.true_vocab
-            )
+            logits = true_vocab(self._all_logits_cuda.squeeze(0)[:count], self.tokenizer_vocab)
             keys = positions = None
             if not call.cfg.greedy:
                 active = slice(context.paused_request_count, context.total_request_count)
@@ -136,7 +134,7 @@ class DynamicGenerator:
         self.context = DynamicInferenceContext(core.config, inference)
         wrapper = GPTInferenceWrapper(model, self.context)
         self.controller = _controller_class()(wrapper, _NoText(-1))
-        self.controller.true_vocab = vocab_size
+        self.controller.tokenizer_vocab = vocab_size
         self.engine = DynamicInferenceEngine(self.controller, self.context)
         # The engine leaves megatron's process-wide "an engine uses the model" flag set; the
         # same process may train next (RS) or run the static engine, so it is set only while

@@ -6,9 +6,10 @@
     run_dir/cpt       CPT stage run (checkpoints/, logs)     run_dir/export  final HF model
     run_dir/eval      evaluation results                     run_dir/logs    one log per step
 
-Training stages run as `torchrun -m megatron_chimed.train stage=X`, exactly the command a
-user runs by hand or in an sbatch script; the user's overrides (e.g. `experiment=demo`) go to
-every stage.
+Training stages run as `chimed train stage=X` does (launch/torchrun.py): the ranks under
+torchrun, a user's mistake in them said in one line, signals relayed (a Ctrl-C or SIGTERM
+checkpoints the stage and stops the pipeline; a rerun resumes it), rank 0's log lines in
+logs/<stage>.log. The user's overrides (e.g. `experiment=demo`) go to every stage.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from megatron_chimed import run_log
 from megatron_chimed.config.schema import PipelineConfig
-from megatron_chimed.launch.torchrun import torchrun_command, torchrun_env
+from megatron_chimed.launch.torchrun import torchrun, torchrun_env
 from megatron_chimed.rejection_sampling.files import final_policy
 from megatron_chimed.stages import STAGES
 
@@ -53,9 +55,12 @@ class Context:
     def tokenizer(self) -> Path:
         return self.run_dir / "convert" / "tokenizer"
 
+    def log_path(self, step: str) -> Path:
+        return self.run_dir / "logs" / f"{step}.log"
+
     def run_logged(self, step: str, cmd: list[str]) -> None:
         """Run `cmd`, streaming its output to the console and to logs/<step>.log."""
-        log_path = self.run_dir / "logs" / f"{step}.log"
+        log_path = self.log_path(step)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "a", encoding="utf-8") as log:
             log.write(f"$ {' '.join(cmd)}\n")
@@ -77,13 +82,19 @@ class Context:
     def train(self, stage: str, *extra: str) -> dict[str, Any]:
         p = self.pipeline
         data = p.data.get(stage, STAGES[stage].demo_data)
-        cmd = torchrun_command("megatron_chimed.train", p.nproc_per_node, [
+        args = [
             *self.overrides, f"stage={stage}", f"run_dir={self.run_dir / stage}",
             f"checkpoint.load={self.checkpoints(STAGES[stage].starts_from)}",
             f"training.tokenizer={self.tokenizer}", f"data={data}",
             *extra, *p.stage_overrides.get(stage, []),
-        ])  # fmt: skip
-        self.run_logged(stage, cmd)
+        ]  # fmt: skip
+        log_path = self.log_path(stage)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with run_log.command_log(log_path):
+            status = torchrun("megatron_chimed.train", p.nproc_per_node, args,
+                              preemptible=True, name=f"step {stage}")  # fmt: skip
+        if status != 0:  # the ranks' one error line, if any, is printed above
+            raise StepFailed(f"step {stage} failed (exit {status}): see {log_path}")
         return {"run_dir": str(self.run_dir / stage)}
 
 

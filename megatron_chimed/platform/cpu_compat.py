@@ -14,43 +14,21 @@ megatron-core exactly as shipped.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import sys
 import types
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from megatron_chimed.platform.patches import NullEvent, Patch, apply_patches
 
 _applied = False
 
 
 def _cpu_device() -> str:
     return "cpu"
-
-
-class _NullEvent:
-    """Stands in for torch.cuda.Event: timing on CPU is measured with wall clocks instead."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def record(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def synchronize(self) -> None:
-        pass
-
-    def wait(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def query(self) -> bool:
-        return True
-
-    def elapsed_time(self, other: Any) -> float:
-        return 0.0
 
 
 def _get_rng_state(*args: Any, **kwargs: Any) -> torch.Tensor:
@@ -154,31 +132,6 @@ def _load_state_dict_unshared(self: Any, state_dict: dict) -> None:
             state["step"] = state["step"].clone()
 
 
-@dataclass(frozen=True)
-class Patch:
-    """One redirected attribute: ``module.attr = replacement``."""
-
-    module: str
-    attr: str
-    replacement: Callable[..., Any] | Any
-    site: str
-    canary: str  # python source that exercises the unpatched site and must raise
-    # a regex of what the unpatched site says (CUDA wheel without a driver, or a CPU-only wheel)
-    expect: str = "NVIDIA driver|not compiled with CUDA"
-
-    @property
-    def name(self) -> str:
-        return f"{self.module}.{self.attr}"
-
-    def target(self) -> Any:
-        """The module, or a class inside one (`torch.Tensor`)."""
-        try:
-            return importlib.import_module(self.module)
-        except ModuleNotFoundError:
-            parent, _, name = self.module.rpartition(".")
-            return getattr(importlib.import_module(parent), name)
-
-
 _TP1 = (
     "import os, torch.distributed as d;"
     "os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=os.environ.get('CANARY_PORT','29533'));"
@@ -264,7 +217,7 @@ PATCHES: tuple[Patch, ...] = (
     Patch(
         "torch.cuda",
         "Event",
-        _NullEvent,
+        NullEvent,
         site="torch.cuda.Event in inference engines and DDP/optimizer timers",
         canary="import torch; torch.cuda.Event(enable_timing=True).record()",
         expect="NVIDIA driver|not compiled with CUDA|torch.cuda.Stream",
@@ -397,14 +350,7 @@ def apply(without: str | None = None) -> bool:
     if not _applied:
         # Torch's AdamW is what runs here, by design: megatron's warning about it is noise.
         warnings.filterwarnings("ignore", "Transformer Engine and Apex are not installed")
-        # Import every target before patching any, so that a module importing a patched name
-        # (fused_softmax takes get_default_causal_mask by name) holds the original until its own
-        # row replaces it: each row then covers its site on its own.
-        targets = [patch.target() for patch in PATCHES]
-        for patch, target in zip(PATCHES, targets):
-            if patch.name != without:
-                _originals[patch.name] = getattr(target, patch.attr)
-                setattr(target, patch.attr, patch.replacement)
+        apply_patches(PATCHES, _originals, without)
         _applied = True
     return True
 

@@ -199,5 +199,7 @@ def test_progress_per_task_and_questions_done(tmp_path, caplog, monkeypatch):
     assert re.fullmatch(rf"task 1/2 ceval done in \d+s, {headline}", done[0])
     # mica: 6 questions per seed, two seeds.
     assert [line for line in lines if line.startswith("  mica:")] == [
-        "  mica: 2/6 questions done", "  mica: 4/6 questions done", "  mica: 6/6 questions done"
+        "  mica: 2/6 questions done",
+        "  mica: 4/6 questions done",
+        "  mica: 6/6 questions done",
     ] * 2

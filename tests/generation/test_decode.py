@@ -12,7 +12,9 @@ import torch
 from megatron_chimed.generation import GenerationConfig, generate, generate_ids
 from megatron_chimed.generation.api import cut_at_stop_strings
 from megatron_chimed.generation.sampling import (
-    filter_top_k_top_p,
+    candidates,
+    first_in_nucleus,
+    keep_top_k,
     keyed_uniform,
     mix32,
     next_tokens,
@@ -117,12 +119,48 @@ def test_bracket_template_cuts_the_answer_at_the_next_turn() -> None:
 
 def test_top_k_and_top_p_keep_the_expected_tokens() -> None:
     logits = torch.log(torch.tensor([[0.5, 0.2, 0.2, 0.1]]))
-    kept = lambda k, p: torch.isfinite(filter_top_k_top_p(logits, k, p))[0].tolist()
-    assert kept(2, 1.0) == [True, True, True, False]  # a tie at the k-th value keeps both
-    assert kept(1, 1.0) == [True, False, False, False]
-    assert kept(0, 0.45) == [True, False, False, False]
-    assert kept(0, 0.8) == [True, True, True, False]
-    assert kept(0, 0.95) == [True, True, True, True]
+    kept = lambda k: torch.isfinite(keep_top_k(logits, k))[0].tolist()
+    assert kept(2) == [True, True, True, False]  # a tie at the k-th value keeps both
+    assert kept(1) == [True, False, False, False]
+
+    def in_nucleus(top_p: float) -> list[bool]:  # token t wins when it scores best, if kept
+        best = lambda t: torch.nn.functional.one_hot(torch.tensor([t]), 4).float()
+        return [int(first_in_nucleus(logits, best(t), top_p)) == t for t in range(4)]
+
+    assert in_nucleus(0.45) == [True, False, False, False]
+    assert in_nucleus(0.8) == [True, True, True, False]  # tied tokens are both in or both out
+    assert in_nucleus(0.95) == [True, True, True, True]
+
+
+def exact_nucleus_draw(logits: torch.Tensor, scores: torch.Tensor, top_p: float) -> torch.Tensor:
+    """The reference: sort every row, drop a token once the tokens above it reach top_p."""
+    probs, order = torch.softmax(logits, -1).sort(-1, descending=True)
+    drop = (probs.cumsum(-1) - probs >= top_p).scatter(-1, order, probs.cumsum(-1) - probs >= top_p)
+    return scores.masked_fill(drop, float("-inf")).argmax(-1)
+
+
+@pytest.mark.parametrize("top_p", [0.5, 0.85, 0.9, 0.99])
+def test_the_nucleus_draw_equals_a_full_sort(top_p: float) -> None:
+    """Flat rows (a large nucleus, the tiny model's) and peaked ones (a small one, a trained
+    model's), 2000 ids: the candidate check picks what sorting the vocabulary picks."""
+    gen = torch.Generator().manual_seed(int(top_p * 100))
+    spread = torch.tensor([0.1, 1.0, 4.0, 12.0]).repeat_interleave(500).unsqueeze(-1)
+    logits = torch.randn(2000, 2000, generator=gen) * spread
+    scores = logits - torch.log(-torch.log(torch.rand(2000, 2000, generator=gen)))
+    got = first_in_nucleus(logits, scores, top_p)
+    assert torch.equal(got, exact_nucleus_draw(logits, scores, top_p))
+    assert candidates(top_p, 2000) == {0.5: 30, 0.85: 11, 0.9: 9, 0.99: 5}[top_p]
+
+
+def test_when_every_candidate_is_outside_the_nucleus_the_most_likely_token_is_drawn() -> None:
+    """The 1e-9 case, forced: the nucleus (top_p 0.9) is tokens 0 and 1, and the 9 best
+    scores all go to tail tokens. The exact draw is token 1 (it outscores token 0); the
+    candidate check, having no candidate inside, takes the most likely token."""
+    logits = torch.log(torch.tensor([[0.5, 0.45] + [0.05 / 20] * 20]))
+    scores = torch.cat([torch.tensor([[0.0, 1.0]]), torch.arange(22.0, 2, -1).view(1, 20)], -1)
+    assert candidates(0.9, 22) == 9
+    assert int(exact_nucleus_draw(logits, scores, 0.9)) == 1
+    assert int(first_in_nucleus(logits, scores, 0.9)) == 0
 
 
 def test_sampling_follows_the_seed_row_and_position() -> None:
@@ -166,8 +204,17 @@ def test_keyed_noise_is_uniform_and_the_hash_stays_in_32_bits() -> None:
     assert torch.histc(u, bins=10, min=0, max=1).div(u.numel()).tolist() == pytest.approx(
         [0.1] * 10, abs=0.01
     )
-    x = torch.tensor([0, 1, 2**32 - 1, 123456789])
-    assert int(mix32(x).max()) < 2**32 and len(set(mix32(x).tolist())) == 4
+
+    def reference(x: int) -> int:  # the unsigned 32-bit hash, in Python integers
+        x ^= x >> 16
+        x = x * 0x7FEB352D % 2**32
+        x ^= x >> 15
+        x = x * 0x2C1B3C6D % 2**32
+        return x ^ (x >> 16)
+
+    values = [0, 1, 2**31 - 1, 2**31, 2**32 - 1, 123456789, 0x9E3779B9]
+    as_int32 = torch.tensor(values, dtype=torch.int64).to(torch.int32)  # the same bits
+    assert (mix32(as_int32).long() % 2**32).tolist() == [reference(x) for x in values]
 
 
 @pytest.mark.parametrize(

@@ -380,4 +380,3 @@ def test_submit_takes_a_users_config_folder(tmp_path: Path) -> None:
         "model=mine", "run_dir=/r", "--dry-run",
     )  # fmt: skip
     assert f"--config-dir {tmp_path} launcher=slurm launcher.gpus_per_node=0 model=mine" in out
-

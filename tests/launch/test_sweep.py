@@ -89,9 +89,7 @@ def test_local_sweep_runs_every_point_in_its_folder_and_goes_on_after_failures(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     dispatch = Dispatch({2: 2, 3: RuntimeError("boom\nsecond line")})
-    status = run_sweep(
-        "train", ["stage=cpt", "seed=1,2,3,4", f"run_dir={tmp_path}"], dispatch
-    )
+    status = run_sweep("train", ["stage=cpt", "seed=1,2,3,4", f"run_dir={tmp_path}"], dispatch)
     assert status == 1
     assert [c[0] for c in dispatch.calls] == ["train"] * 4
     assert dispatch.calls[1][1:] == ["stage=cpt", "seed=2", f"run_dir={tmp_path}/1_seed-2"]
@@ -154,5 +152,6 @@ def test_slurm_sweep_submits_one_job_per_point(tmp_path: Path) -> None:
     assert first in done.stdout.splitlines()
     record = json.loads((run_dir / "sweep.json").read_text())
     assert [(p["status"], p["detail"]) for p in record["points"]] == [
-        ("submitted", "job 1001"), ("submitted", "job 1002")
+        ("submitted", "job 1001"),
+        ("submitted", "job 1002"),
     ]

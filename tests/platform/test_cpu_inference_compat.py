@@ -74,7 +74,8 @@ def test_paged_attention_equals_dense_causal_attention() -> None:
         torch.randn(6, kv_heads, 2, dim, generator=gen),
     ]
     queries = [torch.randn(5, heads, dim, generator=gen), torch.randn(6, heads, dim, generator=gen)]
-    cache = torch.full((2, 6, block, kv_heads, dim), float("nan"))  # never-written memory
+    # Past each request's keys: an earlier request's keys (large, finite), which must not count.
+    cache = torch.full((2, 6, block, kv_heads, dim), 1e4)
     table = torch.tensor([[4, 1], [0, 5]], dtype=torch.int32)
     for r, seq in enumerate(seqs):
         for pos in range(seq.size(0)):
@@ -97,3 +98,18 @@ def test_paged_attention_equals_dense_causal_attention() -> None:
         ).transpose(0, 1)
         expected.append(full[-new[r] :])
     torch.testing.assert_close(out, torch.cat(expected), atol=1e-5, rtol=1e-5)
+
+
+def test_the_kv_pool_starts_finite() -> None:
+    """`paged_attention` reads whole blocks, so the pool must hold no NaN where nothing was
+    written yet: the context's `torch.empty` zero-fills (a masked NaN poisons attention)."""
+    from megatron.core.inference.contexts import dynamic_context
+
+    cpu_inference_compat.apply()
+    shape = (2, 3, 64, 4, 16)
+    torch.full(shape, float("nan"))  # freed at once: memory the next allocation of this size reuses
+    assert torch.empty(shape).isnan().any()  # what torch's own `empty` hands back here
+    torch.full(shape, float("nan"))
+    pool = dynamic_context.torch.empty(shape)
+    like = dynamic_context.torch.empty_like(pool)
+    assert not pool.any() and not like.any()

@@ -87,8 +87,9 @@ def run(tiny_ziya: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
         "status": (state.status, state.iteration),
         "moved_from_loaded": moved,
         "gathers": gathers,
-        "step_s": {r["iteration"]: r["step_s"] for r in map(json.loads, lines)
-                   if r["split"] == "train"},  # fmt: skip
+        "step_s": {
+            r["iteration"]: r["step_s"] for r in map(json.loads, lines) if r["split"] == "train"
+        },  # fmt: skip
     }
 
 
