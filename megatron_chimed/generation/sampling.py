@@ -72,6 +72,8 @@ def first_in_nucleus(logits: torch.Tensor, scores: torch.Tensor, top_p: float) -
     # below[r, j]: how many candidates' logits are below token j's, so token j lies strictly
     # above candidate k (in `bounds` order) exactly when k < below[r, j].
     below = torch.searchsorted(bounds, logits)
+    # (On a GPU scatter_add_ sums in no fixed order: a candidate whose mass above is within
+    # rounding of top_p may fall either side, as with logits that differ in the last bit.)
     mass = logits.new_zeros(logits.size(0), m + 1).scatter_add_(
         -1, below, torch.softmax(logits, dim=-1)
     )
