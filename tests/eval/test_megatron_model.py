@@ -1,5 +1,6 @@
 """MegatronLoglikelihood: lm-eval's continuation scores on the Megatron model (TP=1, in this
-process) equal lm-eval's own, stored in tests/eval/fixtures/lm_eval."""
+process) equal lm-eval's own, stored in tests/eval/fixtures/lm_eval; at TP=2 (and TP=1 after
+a 2-process launch) in tests/generation/test_generation_tp.py."""
 
 from __future__ import annotations
 

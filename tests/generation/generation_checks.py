@@ -18,10 +18,12 @@ from megatron_chimed.checkpoint import layout
 from megatron_chimed.checkpoint.layout import copy_tokenizer
 from megatron_chimed.checkpoint.weights import save_model_weights
 from megatron_chimed.convert import load_hf_weights
+from megatron_chimed.eval.megatron_model import MegatronLoglikelihood
 from megatron_chimed.generation import GenerationConfig, encode_prompt, generate, generate_ids
 from megatron_chimed.generation.eval_model import MegatronEvalModel
 from megatron_chimed.model import ParallelConfig, build_model, unwrap
 from megatron_chimed.platform import destroy, initialize
+from megatron_chimed.testing.eval_reference import LM_EVAL_FIXTURE, read_reference
 from megatron_chimed.testing.tiny_ziya import TINY
 from megatron_chimed.tokenizer import ZiyaTokenizer
 
@@ -73,6 +75,11 @@ def poison_padded_vocab(model: torch.nn.Module) -> None:
             weight[local] = 100.0 * torch.randn(weight.shape[1], generator=gen)
 
 
+def lm_eval_docs() -> list[dict]:
+    reference = read_reference(LM_EVAL_FIXTURE / "reference.json")
+    return [doc for docs in reference["samples"].values() for doc in docs]
+
+
 def checks(tp: int, hf_dir: str, ckpt: str) -> dict:
     tokenizer = ZiyaTokenizer(hf_dir)
     model = build_model(TINY, ParallelConfig(tensor_model_parallel_size=tp), "fp32")
@@ -120,6 +127,10 @@ def checks(tp: int, hf_dir: str, ckpt: str) -> dict:
     eval_model = MegatronEvalModel(model, tokenizer)
     result["eval_generate"] = eval_model.generate(texts, max_new_tokens=8, seed=0)
     result["eval_logprobs"] = eval_model.next_token_logprobs(texts + ["头痛"], ["是", "否"])
+    # protocol=lm_eval's continuation scores, on the questions lm-eval itself scored
+    requests = [(d["context"], c) for d in lm_eval_docs() for c in d["continuations"]]
+    scorer = MegatronLoglikelihood(eval_model, model, tokenizer, 3)
+    result["lm_eval_loglikelihoods"] = scorer.loglikelihood(requests)
 
     poison_padded_vocab(model)
     result["greedy_poisoned"] = ids(GREEDY)

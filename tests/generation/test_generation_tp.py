@@ -34,6 +34,18 @@ def results(tiny_ziya_fp32: Path, tmp_path_factory: pytest.TempPathFactory) -> d
 
 
 @pytest.mark.parametrize("tp", ["tp1", "tp2"])
+def test_lm_eval_protocol_scores_equal_lm_eval_s_at_each_tp(results: dict, tp: str) -> None:
+    """eval protocol=lm_eval on the Megatron model: lm-evaluation-harness's own per-choice
+    log-likelihoods (tests/eval/fixtures/lm_eval), at TP=1 and TP=2."""
+    from megatron_chimed.testing.eval_reference import LM_EVAL_FIXTURE, read_reference
+
+    samples = read_reference(LM_EVAL_FIXTURE / "reference.json")["samples"]
+    expected = [ll for docs in samples.values() for doc in docs for ll in doc["loglikelihoods"]]
+    assert len(expected) > 20
+    assert results[tp]["lm_eval_loglikelihoods"] == pytest.approx(expected, abs=1e-5)
+
+
+@pytest.mark.parametrize("tp", ["tp1", "tp2"])
 def test_kv_cache_decoding_equals_full_recompute(results: dict, tp: str) -> None:
     r = results[tp]
     assert all(len(answer) > 0 for answer in r["greedy"])
