@@ -1,12 +1,15 @@
 """The dynamic engine: megatron-core's `DynamicInferenceEngine` (continuous batching over a
 paged KV cache), the default engine of `generate` and of the RS stage.
 
-Every answer is one request. The engine keeps up to `max_requests` of them in flight and
-admits the next waiting one as soon as an answer ends (at a stop token or its length limit),
-so a long answer no longer holds a whole batch back. The KV cache is a pool of fixed-size
-blocks (kv_budget.py sizes it from free GPU memory, or from a byte budget on CPU). With CUDA
-graphs (on by default on a GPU) the decode steps replay captured graphs instead of launching
-each layer's kernels from Python.
+Every answer is one request: a prompt's N samples go in as N requests, each with its own
+prefill. megatron's prefix caching shares only complete KV blocks (256 tokens on a GPU): a
+prompt shorter than that would share nothing, and a longer one saves part of a prefill, which
+costs far less per token than decoding. So it stays off. The engine keeps up to
+`max_requests` of them in flight and admits the next waiting one as soon as an answer ends
+(at a stop token or its length limit), so a long answer no longer holds a whole batch back.
+The KV cache is a pool of fixed-size blocks (kv_budget.py sizes it from free GPU memory, or
+from a byte budget on CPU). With CUDA graphs (on by default on a GPU) the decode steps
+replay captured graphs instead of launching each layer's kernels from Python.
 
 Sampling is ours (sampling.py), not megatron's shared-generator sampler: an answer's tokens
 depend on its key and the logits only, whichever answers it is batched with, so the engine
