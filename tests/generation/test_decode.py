@@ -149,6 +149,11 @@ def test_the_nucleus_draw_equals_a_full_sort(top_p: float) -> None:
     scores = logits - torch.log(-torch.log(torch.rand(2000, 2000, generator=gen)))
     got = first_in_nucleus(logits, scores, top_p)
     assert torch.equal(got, exact_nucleus_draw(logits, scores, top_p))
+    top50 = keep_top_k(logits, 50)  # top-k first, as next_tokens does: -inf outside it
+    scores50 = top50 + (scores - logits)
+    assert torch.equal(
+        first_in_nucleus(top50, scores50, top_p), exact_nucleus_draw(top50, scores50, top_p)
+    )
     assert candidates(top_p, 2000) == {0.5: 30, 0.85: 11, 0.9: 9, 0.99: 5}[top_p]
 
 
