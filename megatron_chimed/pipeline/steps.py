@@ -56,12 +56,14 @@ class Context:
         return self.run_dir / "convert" / "tokenizer"
 
     def log_path(self, step: str) -> Path:
-        return self.run_dir / "logs" / f"{step}.log"
+        """logs/<step>.log, its folder created."""
+        path = self.run_dir / "logs" / f"{step}.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
 
     def run_logged(self, step: str, cmd: list[str]) -> None:
         """Run `cmd`, streaming its output to the console and to logs/<step>.log."""
         log_path = self.log_path(step)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "a", encoding="utf-8") as log:
             log.write(f"$ {' '.join(cmd)}\n")
             proc = subprocess.Popen(
@@ -89,7 +91,6 @@ class Context:
             *extra, *p.stage_overrides.get(stage, []),
         ]  # fmt: skip
         log_path = self.log_path(stage)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
         with run_log.command_log(log_path):
             status = torchrun("megatron_chimed.train", p.nproc_per_node, args,
                               preemptible=True, name=f"step {stage}")  # fmt: skip
